@@ -1,0 +1,100 @@
+"""The small types that cross module and process boundaries.
+
+Everything here is plain data: picklable, no behaviour beyond trivial
+properties, no imports of the rest of the package. The pure modules
+(streams, http1, filters, message) depend on nothing of ours but this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# Direction of bytes, seen from the traced process.
+SEND = 0  # the traced process wrote these bytes
+RECV = 1  # the traced process read these bytes
+
+# DataEvent.flags
+FLAG_TLS = 1  # plaintext captured at a TLS library call, not at a socket syscall
+FLAG_CUT = 2  # last piece of its call: bytes [offset+len(data), total) were not copied
+
+# Role of the traced process on a connection.
+ROLE_UNKNOWN = 0
+ROLE_SERVER = 1  # it reads requests: the message's direction "1" (ingress)
+ROLE_CLIENT = 2  # it writes requests: the message's direction "2" (egress)
+
+
+class ConnId(NamedTuple):
+    """One connection of one process: a reused fd gets a new generation."""
+
+    tgid: int
+    fd: int
+    gen: int
+
+
+class DataEvent(NamedTuple):
+    """Bytes of one syscall or TLS call (or one piece of a large call).
+
+    ``call_pos`` is the stream position (bytes of this direction on this
+    connection, counted by the kernel, TLS and plaintext counted separately)
+    at which the call starts; the piece covers
+    ``[call_pos + offset, call_pos + offset + len(data))``. A position past
+    what was already seen means bytes were lost (ring buffer, queue): a gap.
+    ``total`` is the byte count the call returned.
+    """
+
+    conn: ConnId
+    ts: float  # wall-clock seconds
+    direction: int  # SEND or RECV
+    call_pos: int
+    total: int
+    offset: int
+    flags: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    target: str  # as sent, query string included
+    version: str  # "HTTP/1.1"
+    headers: list[tuple[str, str]]  # names as sent, in order, repeats kept
+    body: bytes  # de-chunked, Content-Encoding undone, at most the body limit
+    body_cut: bool = False  # body longer than the limit, or bytes of it missing
+    body_size: int = 0  # size of the whole body on the wire (after de-chunking) where known
+    ts: float = 0.0  # wall-clock seconds when its first byte was seen
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    body_cut: bool = False
+    body_size: int = 0
+    ts: float = 0.0
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request paired with its response, on one connection."""
+
+    conn: ConnId
+    role: int  # ROLE_SERVER or ROLE_CLIENT
+    tls: bool
+    request: HttpRequest
+    response: HttpResponse
+
+
+@dataclass(slots=True)
+class ConnMeta:
+    """What the worker knows of a connection beyond its bytes."""
+
+    pid: int
+    fd: int
+    comm: str = ""
+    local: str = ""  # this process's own "address:port"
+    peer: str = ""  # the other end's "address:port"
+    tags: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,347 @@
+/* Shared by socket_trace.c and tls_trace.c.
+ *
+ * Strategy: no kernel struct is read (the headers bcc compiles against are
+ * not the running kernel's). Everything comes from syscall arguments, user
+ * memory, tracepoint fields (whose layout bcc reads from tracefs), and the
+ * task's saved user registers.
+ *
+ * Defines set by bpf.py: MAX_CONN, CAPTURE_PLAIN, CAPTURE_TLS, DISABLE_EGRESS,
+ * FILTER_TLS_PIDS, RINGBUF_PAGES.
+ */
+#include <uapi/linux/ptrace.h>
+#include <asm/ptrace.h>
+#include <linux/socket.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/uio.h>
+
+#define KIND_DATA 1
+#define KIND_OPEN 2
+#define KIND_ADDR 3
+#define KIND_CLOSE 4
+#define KIND_EXEC 5
+#define KIND_EXIT 6
+
+#define DIR_SEND 0
+#define DIR_RECV 1
+
+#define FLAG_TLS 1
+#define FLAG_CUT 2
+
+#define ROLE_UNKNOWN 0
+#define ROLE_SERVER 1
+#define ROLE_CLIENT 2
+
+#define ST_UNKNOWN 0
+#define ST_HTTP 1
+
+/* A connection whose accept/connect we did not see (it predates us) may be
+ * joined mid-body: give it this many calls to show a message start before
+ * judging it not HTTP. */
+#define PROBATION_CALLS 64
+
+/* Copy caps. Each piece goes into a ring buffer slot of one of three fixed
+ * sizes (the verifier needs a constant reserve size); only the header and the
+ * filled bytes are read by user space. */
+#define CHUNK_S 512
+#define CHUNK_M 4096
+#define CHUNK_L 32768
+#define MAX_CHUNKS 8 /* per buffer: 256 KiB, the rest is flagged cut */
+#define MAX_IOV 12
+
+/* Counter slots (array map `counters`), mirrored by name in bpf.py. */
+#define C_RB_FULL 0
+#define C_CONN_FULL 1
+#define C_NOT_HTTP 2
+#define C_CUT_BYTES 3
+#define C_TLS_NO_FD 4
+#define C_EGRESS_SKIPPED 5
+#define C_EVENTS 6
+#define C_BYTES 7
+#define C_PLAIN_ON_TLS 8
+#define C_NCOUNTERS 16
+
+struct ev_hdr {
+    u64 ts;
+    u64 gen;
+    u64 call_pos;
+    u32 tgid;
+    u32 fd;
+    u32 total;
+    u32 offset;
+    u16 len;
+    u8 kind;
+    u8 flags;
+    u8 dir;
+    u8 role;
+    u16 pad;
+};
+
+struct ev_s { struct ev_hdr h; char buf[CHUNK_S]; };
+struct ev_m { struct ev_hdr h; char buf[CHUNK_M]; };
+struct ev_l { struct ev_hdr h; char buf[CHUNK_L]; };
+
+struct addr_info {
+    u16 family;
+    u16 sport; /* host order, this socket's own port */
+    u16 dport;
+    u16 pad;
+    u8 saddr[16];
+    u8 daddr[16];
+};
+struct ev_addr { struct ev_hdr h; struct addr_info a; char comm[16]; };
+
+struct conn_t {
+    u64 gen;
+    u64 pos[4]; /* [tls * 2 + dir]: bytes seen so far, the stream position */
+    u64 last_ts;
+    u64 sk;
+    u16 probation;
+    u8 state;
+    u8 role;
+    u8 tls;
+    u8 opened;
+    u8 addr_sent;
+    u8 pad;
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_HASH(conns, u64, struct conn_t, MAX_CONN);
+BPF_TABLE("lru_hash", u64, u8, skipped, 65536);        /* (tgid,fd) judged not HTTP */
+BPF_TABLE("lru_hash", u64, struct addr_info, sk_addr, 65536); /* sock ptr -> 4-tuple */
+BPF_HASH(ignore_tgid, u32, u8, 1024);                 /* the collector's own processes */
+BPF_PERCPU_ARRAY(counters, u64, C_NCOUNTERS);
+BPF_HASH(tls_pids, u32, u8, 65536);                   /* with FILTER_TLS_PIDS: who may be traced */
+
+/* Per thread: the TLS call in progress, so the syscall beneath it can name
+ * its fd and keep its ciphertext out. Defined here because socket_trace.c
+ * consults it even when TLS capture is off. */
+struct tls_call_t {
+    u64 ssl;
+    u64 buf;
+    u64 lenptr;
+    s32 fd;
+    u8 dir;
+    u8 pad[3];
+};
+BPF_HASH(tls_calls, u32, struct tls_call_t, 16384);
+/* Per thread: the socket it read last (node runs OpenSSL over memory BIOs,
+ * so no syscall happens under SSL_read; the ciphertext it decrypts was just
+ * read from this fd by the same event-loop thread). */
+BPF_HASH(last_read_fd, u32, s32, 16384);
+
+static __always_inline void count(u32 slot, u64 n) {
+    u64 *c = counters.lookup(&slot);
+    if (c)
+        *c += n;
+}
+
+static __always_inline u64 conn_key(u32 tgid, u32 fd) {
+    return ((u64)tgid << 32) | fd;
+}
+
+static __always_inline int ignored(u32 tgid) {
+    return ignore_tgid.lookup(&tgid) != 0;
+}
+
+/* Look the connection up, creating it when new. NULL when it is judged not
+ * HTTP, or when the table is full (counted: the cap is TRAFFIC_MAX_ACTIVE_CONN). */
+static __always_inline struct conn_t *conn_get(u64 key, int create, u8 opened, u8 role) {
+    struct conn_t *c = conns.lookup(&key);
+    if (c)
+        return c;
+    if (!create)
+        return 0;
+    if (skipped.lookup(&key))
+        return 0;
+    struct conn_t n = {};
+    n.gen = bpf_ktime_get_ns();
+    n.last_ts = n.gen;
+    n.opened = opened;
+    n.role = role;
+    if (conns.insert(&key, &n) != 0) {
+        count(C_CONN_FULL, 1);
+        return 0;
+    }
+    return conns.lookup(&key);
+}
+
+static __always_inline void judge_not_http(u64 key) {
+    u8 one = 1;
+    conns.delete(&key);
+    skipped.update(&key, &one);
+    count(C_NOT_HTTP, 1);
+}
+
+static __always_inline int is_upper(char c) { return c >= 'A' && c <= 'Z'; }
+
+/* What the first bytes of a call say: 1 request line, 2 status line,
+ * 0 inconclusive (too short), -1 not HTTP. Lenient on the method (any
+ * upper-case token), as servers are. */
+static __always_inline int classify(const char *ubuf, u32 len) {
+    char b[16] = {};
+    if (len < 4)
+        return 0;
+    u32 n = len < 16 ? len : 16;
+    if (bpf_probe_read_user(b, n & 15 ? n & 15 : 16, ubuf) != 0)
+        return -1;
+    if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P') {
+        if (n < 5 || b[4] == '/')
+            return 2;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (i >= n)
+            return 0;
+        if (b[i] == ' ')
+            return i >= 3 ? 1 : -1;
+        if (!is_upper(b[i]) && b[i] != '-' && b[i] != '_')
+            return -1;
+    }
+    return -1;
+}
+
+/* Decide, from a call's first bytes, whether to pass it on. Sets the role
+ * from what the bytes say. 1: emit, 0: drop. */
+static __always_inline int admit(u64 key, struct conn_t *c, u8 dir, const char *ubuf, u32 len) {
+    if (c->state == ST_HTTP)
+        goto role;
+    int k = classify(ubuf, len);
+    if (k > 0) {
+        c->state = ST_HTTP;
+        if (c->role == ROLE_UNKNOWN) {
+            if (k == 1)
+                c->role = dir == DIR_RECV ? ROLE_SERVER : ROLE_CLIENT;
+            else
+                c->role = dir == DIR_RECV ? ROLE_CLIENT : ROLE_SERVER;
+        }
+        goto role;
+    }
+    if (k == 0)
+        goto role;
+    if (c->opened || c->probation >= PROBATION_CALLS) {
+        judge_not_http(key);
+        return 0;
+    }
+    c->probation++;
+role:
+#if DISABLE_EGRESS
+    if (c->role == ROLE_CLIENT) {
+        count(C_EGRESS_SKIPPED, 1);
+        return 0;
+    }
+#endif
+    return 1;
+}
+
+/* One piece: header h (offset, flags set by the caller), n bytes at src.
+ * The three size classes are spelled out because bcc rewrites map calls
+ * only outside macros. */
+#define FILL_PIECE(SIZE)                                                     \
+    __builtin_memcpy(&e->h, h, sizeof(*h));                                  \
+    u32 m = n >= SIZE ? SIZE : n;                                            \
+    long err = 0;                                                            \
+    if (n >= SIZE)                                                           \
+        err = bpf_probe_read_user(e->buf, SIZE, src);                        \
+    else if (n) {                                                            \
+        /* the barrier keeps clang from dropping the mask the verifier needs */ \
+        u64 sz = n;                                                          \
+        asm volatile("%[v] &= %[mask]" : [v] "+r"(sz) : [mask] "i"(SIZE - 1)); \
+        err = bpf_probe_read_user(e->buf, sz, src);                          \
+    }                                                                        \
+    if (err)                                                                 \
+        m = 0;                                                               \
+    e->h.len = m;
+
+static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) {
+    if (n <= CHUNK_S) {
+        struct ev_s *e = events.ringbuf_reserve(sizeof(struct ev_s));
+        if (!e) {
+            count(C_RB_FULL, 1);
+            return -1;
+        }
+        FILL_PIECE(CHUNK_S)
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        return m;
+    }
+    if (n <= CHUNK_M) {
+        struct ev_m *e = events.ringbuf_reserve(sizeof(struct ev_m));
+        if (!e) {
+            count(C_RB_FULL, 1);
+            return -1;
+        }
+        FILL_PIECE(CHUNK_M)
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        return m;
+    }
+    struct ev_l *e = events.ringbuf_reserve(sizeof(struct ev_l));
+    if (!e) {
+        count(C_RB_FULL, 1);
+        return -1;
+    }
+    FILL_PIECE(CHUNK_L)
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return m;
+}
+
+/* Emit len bytes of one user buffer, which sits at `base` within a call
+ * starting at stream position h->call_pos. Returns the bytes copied: fewer
+ * than len at the copy cap or when the ring buffer is full; the caller then
+ * emits the cut marker. */
+static __always_inline u32 emit_buf(struct ev_hdr *h, const char *ubuf, u32 len, u32 base) {
+    u32 done = 0;
+    h->flags &= ~FLAG_CUT;
+    for (int i = 0; i < MAX_CHUNKS; i++) {
+        if (done >= len)
+            break;
+        u32 n = len - done;
+        if (n > CHUNK_L)
+            n = CHUNK_L;
+        h->offset = base + done;
+        if (emit_piece(h, ubuf + done, n) < 0)
+            break;
+        done += n;
+    }
+    return done;
+}
+
+static __always_inline void fill_hdr(struct ev_hdr *h, struct conn_t *c, u32 tgid, u32 fd, u8 kind) {
+    h->ts = bpf_ktime_get_ns();
+    h->gen = c->gen;
+    h->tgid = tgid;
+    h->fd = fd;
+    h->kind = kind;
+    h->role = c->role;
+}
+
+static __always_inline void emit_simple(struct conn_t *c, u32 tgid, u32 fd, u8 kind) {
+    struct ev_hdr *e = events.ringbuf_reserve(sizeof(struct ev_hdr));
+    if (!e) {
+        count(C_RB_FULL, 1);
+        return;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    fill_hdr(e, c, tgid, fd, kind);
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* Send the 4-tuple once per connection, as soon as the socket is known. */
+static __always_inline void emit_addr(struct conn_t *c, u32 tgid, u32 fd) {
+    if (c->addr_sent || !c->sk)
+        return;
+    struct addr_info *a = sk_addr.lookup(&c->sk);
+    if (!a)
+        return;
+    struct ev_addr *e = events.ringbuf_reserve(sizeof(struct ev_addr));
+    if (!e) {
+        count(C_RB_FULL, 1);
+        return;
+    }
+    __builtin_memset(&e->h, 0, sizeof(e->h));
+    fill_hdr(&e->h, c, tgid, fd, KIND_ADDR);
+    e->h.len = sizeof(struct addr_info) + 16;
+    __builtin_memcpy(&e->a, a, sizeof(*a));
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    c->addr_sent = 1;
+}

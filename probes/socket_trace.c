@@ -1,0 +1,408 @@
+/* Socket syscalls: connection lifecycle and plaintext data.
+ *
+ * Enter probes stash the arguments per thread; the sock_{send,recv}_length
+ * tracepoints, which fire only inside socket I/O, mark the stash as a TCP/IP
+ * socket (so files and pipes cost one map update and nothing more) and give
+ * the socket pointer that links the fd to its addresses; exit probes emit the
+ * bytes the call really transferred.
+ */
+
+#define SC_BUF 1
+#define SC_IOV 2
+#define SC_MSG 3
+#define SC_SENDFILE 4
+
+#define MSG_PEEK_FLAG 2
+#define EINPROGRESS_ERR 115
+
+struct sc_args_t {
+    u64 buf;  /* buffer, iovec array, or user_msghdr */
+    u64 vlen; /* iovec count */
+    u64 sk;
+    s32 fd;
+    u8 kind;
+    u8 dir;
+    u8 is_sock;
+    u8 pad;
+};
+BPF_HASH(sc_args, u32, struct sc_args_t, 16384);
+
+struct open_args_t {
+    u64 addr;
+    s32 fd;
+    u8 role;
+};
+BPF_HASH(open_args, u32, struct open_args_t, 16384);
+
+struct user_msghdr_min {
+    void *msg_name;
+    int msg_namelen;
+    struct iovec *msg_iov;
+    __kernel_size_t msg_iovlen;
+};
+
+static __always_inline int stash(s32 fd, u64 buf, u64 vlen, u8 kind, u8 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
+    if (ignored(tgid) || fd < 0)
+        return 0;
+    struct sc_args_t a = {};
+    a.fd = fd;
+    a.buf = buf;
+    a.vlen = vlen;
+    a.kind = kind;
+    a.dir = dir;
+    sc_args.update(&tid, &a);
+    return 0;
+}
+
+/* A thread already blocked in a read when we attached has no stash: its
+ * arguments are still in the saved user registers (x86-64 syscall ABI). */
+static __always_inline struct sc_args_t *recover_args(u32 tid) {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+    u64 nr = 0, di = 0, si = 0, dx = 0;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    bpf_probe_read_kernel(&di, sizeof(di), &regs->di);
+    bpf_probe_read_kernel(&si, sizeof(si), &regs->si);
+    bpf_probe_read_kernel(&dx, sizeof(dx), &regs->dx);
+    struct sc_args_t a = {};
+    a.fd = di;
+    a.buf = si;
+    a.vlen = dx;
+    switch (nr) {
+    case 0:  /* read */
+    case 45: /* recvfrom */
+        a.kind = SC_BUF;
+        a.dir = DIR_RECV;
+        break;
+    case 19: /* readv */
+        a.kind = SC_IOV;
+        a.dir = DIR_RECV;
+        break;
+    case 47: /* recvmsg */
+        a.kind = SC_MSG;
+        a.dir = DIR_RECV;
+        break;
+    default:
+        return 0;
+    }
+    sc_args.update(&tid, &a);
+    return sc_args.lookup(&tid);
+}
+
+static __always_inline void mark_socket(void *sk, u16 family, int recv) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
+    struct sc_args_t *a = sc_args.lookup(&tid);
+    if (!a) {
+        if (!recv || ignored(tgid))
+            return;
+        a = recover_args(tid);
+        if (!a)
+            return;
+    }
+    if (family == AF_INET || family == AF_INET6) {
+        a->is_sock = 1;
+        a->sk = (u64)sk;
+    }
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length) {
+    if (args->ret > 0 && !(args->flags & MSG_PEEK_FLAG))
+        mark_socket(args->sk, args->family, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length) {
+    if (args->ret > 0)
+        mark_socket(args->sk, args->family, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->newstate != 1 /* TCP_ESTABLISHED */ || args->protocol != IPPROTO_TCP)
+        return 0;
+    struct addr_info a = {};
+    a.family = args->family;
+    a.sport = args->sport;
+    a.dport = args->dport;
+    if (args->family == AF_INET) {
+        __builtin_memcpy(a.saddr, args->saddr, 4);
+        __builtin_memcpy(a.daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(a.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(a.daddr, args->daddr_v6, 16);
+    }
+    u64 sk = (u64)args->skaddr;
+    sk_addr.update(&sk, &a);
+    return 0;
+}
+
+/* Emit the marker that says: bytes [offset, total) of this call are missing. */
+static __always_inline void emit_cut(struct ev_hdr *h, u32 offset) {
+    h->offset = offset;
+    h->flags |= FLAG_CUT;
+    emit_piece(h, 0, 0);
+    count(C_CUT_BYTES, h->total - offset);
+}
+
+static __always_inline void emit_iov(struct ev_hdr *h, const struct iovec *vec, u64 vlen, u32 ret) {
+    u32 off = 0, end = 0;
+    for (int i = 0; i < MAX_IOV; i++) {
+        if (i >= vlen || off >= ret)
+            break;
+        struct iovec iv = {};
+        if (bpf_probe_read_user(&iv, sizeof(iv), &vec[i]) != 0)
+            break;
+        u32 n = iv.iov_len;
+        if (n > ret - off)
+            n = ret - off;
+        u32 got = emit_buf(h, iv.iov_base, n, off);
+        end = off + got;
+        off += n;
+    }
+    if (end < ret)
+        emit_cut(h, end);
+}
+
+/* First buffer of a call, for the "does this look like HTTP" test. */
+static __always_inline const char *first_buf(struct sc_args_t *a, u32 ret, u32 *len, u64 *vec, u64 *vlen) {
+    *vec = a->buf;
+    *vlen = a->vlen;
+    if (a->kind == SC_BUF) {
+        *len = ret;
+        return (const char *)a->buf;
+    }
+    if (a->kind == SC_MSG) {
+        struct user_msghdr_min m = {};
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)a->buf) != 0)
+            return 0;
+        *vec = (u64)m.msg_iov;
+        *vlen = m.msg_iovlen;
+    }
+    struct iovec iv = {};
+    if (*vlen == 0 || bpf_probe_read_user(&iv, sizeof(iv), (void *)*vec) != 0)
+        return 0;
+    *len = iv.iov_len < ret ? iv.iov_len : ret;
+    return (const char *)iv.iov_base;
+}
+
+static __always_inline int on_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
+    struct sc_args_t *ap = sc_args.lookup(&tid);
+    if (!ap)
+        return 0;
+    struct sc_args_t a = *ap;
+    sc_args.delete(&tid);
+    if (!a.is_sock || ret <= 0)
+        return 0;
+    if (a.dir == DIR_RECV)
+        last_read_fd.update(&tid, &a.fd);
+    u64 key = conn_key(tgid, a.fd);
+
+    /* Inside a TLS call: these are the ciphertext of its plaintext. Name the
+     * fd for the TLS return probe and keep the bytes out. */
+    struct tls_call_t *t = tls_calls.lookup(&tid);
+    if (t) {
+        t->fd = a.fd;
+        return 0;
+    }
+
+    struct conn_t *c = conn_get(key, 1, 0, ROLE_UNKNOWN);
+    if (!c)
+        return 0;
+    c->last_ts = bpf_ktime_get_ns();
+    if (!c->sk)
+        c->sk = a.sk;
+    if (c->tls) {
+        count(C_PLAIN_ON_TLS, 1);
+        return 0;
+    }
+    if (!CAPTURE_PLAIN)
+        return 0;
+
+    struct ev_hdr h = {};
+    if (a.kind == SC_SENDFILE) {
+        /* The body went from the page cache, never through user memory:
+         * tell user space how many bytes it must skip. */
+        if (c->state != ST_HTTP)
+            return 0;
+        fill_hdr(&h, c, tgid, a.fd, KIND_DATA);
+        h.dir = a.dir;
+        h.total = ret;
+        h.call_pos = __sync_fetch_and_add(&c->pos[a.dir & 1], ret);
+        emit_cut(&h, 0);
+        return 0;
+    }
+
+    u32 flen = 0;
+    u64 vec = 0, vlen = 0;
+    const char *first = first_buf(&a, ret, &flen, &vec, &vlen);
+    if (!first)
+        return 0;
+    if (!admit(key, c, a.dir, first, flen))
+        return 0;
+    emit_addr(c, tgid, a.fd);
+    fill_hdr(&h, c, tgid, a.fd, KIND_DATA);
+    h.dir = a.dir;
+    h.total = ret;
+    h.call_pos = __sync_fetch_and_add(&c->pos[a.dir & 1], ret);
+    if (a.kind == SC_BUF) {
+        u32 got = emit_buf(&h, first, ret, 0);
+        if (got < ret)
+            emit_cut(&h, got);
+    } else {
+        emit_iov(&h, (const struct iovec *)vec, vlen, ret);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) {
+    if (args->flags & MSG_PEEK_FLAG)
+        return 0; /* the same bytes will be read again */
+    return stash(args->fd, (u64)args->ubuf, 0, SC_BUF, DIR_RECV);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return stash(args->fd, (u64)args->buff, 0, SC_BUF, DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) {
+    if (args->flags & MSG_PEEK_FLAG)
+        return 0;
+    return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_RECV);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) { return stash(args->out_fd, 0, 0, SC_SENDFILE, DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return on_exit(args->ret); }
+
+/* accept/connect: a connection we saw open, with its role and peer. */
+static __always_inline int open_enter(s32 fd, u64 addr, u8 role) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
+    if (ignored(tgid))
+        return 0;
+    struct open_args_t o = {};
+    o.fd = fd;
+    o.addr = addr;
+    o.role = role;
+    open_args.update(&tid, &o);
+    return 0;
+}
+
+static __always_inline int open_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
+    struct open_args_t *op = open_args.lookup(&tid);
+    if (!op)
+        return 0;
+    struct open_args_t o = *op;
+    open_args.delete(&tid);
+    s32 fd;
+    if (o.role == ROLE_SERVER) {
+        if (ret < 0)
+            return 0;
+        fd = ret;
+    } else {
+        if (ret != 0 && ret != -EINPROGRESS_ERR)
+            return 0;
+        fd = o.fd;
+    }
+    struct sockaddr_in6 sa = {};
+    if (!o.addr || bpf_probe_read_user(&sa, sizeof(sa), (void *)o.addr) != 0)
+        sa.sin6_family = 0;
+    /* Unix sockets and the like are not ours; accept() without an address
+     * buffer is (family 0) and learns its addresses from the socket. */
+    if (sa.sin6_family != 0 && sa.sin6_family != AF_INET && sa.sin6_family != AF_INET6)
+        return 0;
+    u64 key = conn_key(tgid, fd);
+    skipped.delete(&key);
+    conns.delete(&key); /* an fd reused without a close we saw */
+    struct conn_t *c = conn_get(key, 1, 1, o.role);
+    if (!c)
+        return 0;
+    struct ev_addr *e = events.ringbuf_reserve(sizeof(struct ev_addr));
+    if (!e) {
+        count(C_RB_FULL, 1);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    fill_hdr(&e->h, c, tgid, fd, KIND_OPEN);
+    e->h.len = sizeof(struct addr_info) + 16;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    /* The peer, from the caller's sockaddr; the 4-tuple follows later. */
+    e->a.family = sa.sin6_family;
+    e->a.dport = bpf_ntohs(sa.sin6_port);
+    if (sa.sin6_family == AF_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
+        __builtin_memcpy(e->a.daddr, &s4->sin_addr, 4);
+    } else if (sa.sin6_family == AF_INET6) {
+        __builtin_memcpy(e->a.daddr, &sa.sin6_addr, 16);
+    }
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return open_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return open_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return open_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return open_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return open_enter(args->fd, (u64)args->uservaddr, ROLE_CLIENT); }
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return open_exit(args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u64 key = conn_key(tgid, args->fd);
+    skipped.delete(&key);
+    struct conn_t *c = conns.lookup(&key);
+    if (!c)
+        return 0;
+    emit_simple(c, tgid, args->fd, KIND_CLOSE);
+    conns.delete(&key);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    struct ev_hdr *e = events.ringbuf_reserve(sizeof(struct ev_hdr));
+    if (!e) {
+        count(C_RB_FULL, 1);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ts = bpf_ktime_get_ns();
+    e->tgid = args->pid;
+    e->kind = KIND_EXEC;
+    /* Wake the reader: an exec is rare and the scanner should see it soon. */
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id != (u32)(id >> 32))
+        return 0; /* a thread, not the process */
+    if (ignored(id >> 32))
+        return 0;
+    struct ev_hdr *e = events.ringbuf_reserve(sizeof(struct ev_hdr));
+    if (!e) {
+        count(C_RB_FULL, 1);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ts = bpf_ktime_get_ns();
+    e->tgid = id >> 32;
+    e->kind = KIND_EXIT;
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}
