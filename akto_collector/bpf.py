@@ -12,25 +12,12 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from akto_collector.records import HDR_SIZE, LEN_OFFSET
+
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
-if not PROBES_DIR.is_dir():  # running from a source checkout
-    PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
-
-# struct ev_hdr in probes/common.h
-RECORD = struct.Struct("<QQQIIIIHBBBBH")
-HDR_SIZE = RECORD.size
-assert HDR_SIZE == 48
-LEN_OFFSET = 40
-KIND_OFFSET = 42
-
-KIND_DATA, KIND_OPEN, KIND_ADDR, KIND_CLOSE, KIND_EXEC, KIND_EXIT = 1, 2, 3, 4, 5, 6
-
-# struct addr_info + comm, the payload of OPEN and ADDR records
-ADDR = struct.Struct("<HHHH16s16s16s")
 
 # Slots of the `counters` per-CPU array, as in common.h.
 KERNEL_COUNTERS = {

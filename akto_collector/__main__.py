@@ -1,0 +1,5 @@
+import sys
+
+from akto_collector.cli import main
+
+sys.exit(main())

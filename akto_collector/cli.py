@@ -1,0 +1,72 @@
+"""Command line: `akto-collector run | doctor | version`.
+
+Exit codes: 0 clean stop, 2 bad configuration (one line on stderr naming
+the variable), 3 the kernel side could not be set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from akto_collector import __version__
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="akto-collector",
+                                     description="eBPF API-traffic collector for Akto.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="capture until SIGINT/SIGTERM",
+                         description="Capture HTTP traffic of this host until SIGINT/SIGTERM. "
+                                     "Without a Kafka broker configured (AKTO_KAFKA_BROKER_MAL or "
+                                     "AKTO_NLB_IP), every request/response pair is written as one "
+                                     "JSON line to --output. Logs go to stderr.")
+    run.add_argument("--output", default="-", help="where JSON lines go without Kafka (default: - = stdout)")
+    run.add_argument("--dump-bpf", action="store_true", help="print the BPF program that would be loaded, and exit")
+    sub.add_parser("version", help="print the version")
+    sub.add_parser("doctor", help="check that this host can run the collector")
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(__version__)
+        return 0
+
+    from akto_collector.config import ConfigError, Settings, unknown_variables
+
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"akto-collector: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    if args.command == "doctor":
+        from akto_collector.doctor import run_checks
+
+        return run_checks(settings)
+
+    if args.dump_bpf:
+        from akto_collector import bpf
+
+        print(bpf.dump_program(bpf.ProbeOptions(max_conn=settings.max_active_conn,
+                                                capture_plain=settings.capture_all,
+                                                capture_tls=settings.capture_ssl,
+                                                disable_egress=settings.disable_egress,
+                                                filter_tls_pids=not settings.probe_all_pid)))
+        return 0
+
+    from akto_collector import logging as logsetup
+    from akto_collector.supervisor import Supervisor
+
+    log = logsetup.configure(settings.log_level, role="supervisor")
+    for name in unknown_variables(os.environ):
+        log.warning("unknown_variable", variable=name)
+    for text in settings.warnings():
+        log.warning("config_warning", detail=text)
+    return Supervisor(settings, args.output, log).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The supervisor: owns the probes, routes records, keeps workers alive.
+
+Like gunicorn's arbiter, it never parses traffic itself. Its main loop
+drains the ring buffer on a short timer (programs submit without waking
+us), routes each raw record by (tgid, fd) to one worker's batch, and hands
+the batches to per-worker sender threads, so a slow worker costs its own
+queue (counted when it overflows), never the ring buffer. Signal handlers
+only enqueue; the loop dispatches. The process scanner runs in its own
+thread so an ELF analysis never stalls the drain.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+
+import psutil
+
+from akto_collector import __version__, bpf, worker
+from akto_collector.records import KIND_EXEC, KIND_EXIT, KIND_OFFSET, TGID_FD
+from akto_collector.scanner import ProcessScanner
+
+DRAIN_INTERVAL_MS = 10
+QUEUE_BATCHES = 256  # batches waiting per worker before we drop (and count)
+WORKER_STALL_SECONDS = 30.0
+RESCAN_AFTER_EXEC = (0.0, 1.0, 3.0)  # libraries are often dlopen'ed after exec
+EXIT_PROBES_FAILED = 3
+
+
+class WorkerHandle:
+    """One worker process, its data pipe and its sender thread."""
+
+    def __init__(self, index: int, settings, output: str, ctx) -> None:
+        self.index = index
+        data_rx, self.data_tx = ctx.Pipe(duplex=False)
+        self.report_rx, report_tx = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=worker.run, name=f"akto-worker-{index}",
+                                   args=(index, settings, output, data_rx, report_tx), daemon=False)
+        self.process.start()
+        data_rx.close()
+        report_tx.close()
+        self.queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
+        self.dropped = 0  # records lost because this worker's queue was full
+        self.last_report: dict = {}
+        self.last_seen = time.monotonic()
+        self.sender = threading.Thread(target=self._send_loop, name=f"sender-{index}", daemon=True)
+        self.sender.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _send_loop(self) -> None:
+        while True:
+            blob = self.queue.get()
+            try:
+                self.data_tx.send_bytes(blob)
+            except (OSError, ValueError):
+                return
+            if not blob:
+                return
+
+    def submit(self, blob: bytes, records: int) -> None:
+        try:
+            self.queue.put_nowait(blob)
+        except queue.Full:
+            self.dropped += records
+
+    def read_reports(self) -> None:
+        while self.report_rx.poll():
+            try:
+                self.last_report = self.report_rx.recv()
+            except (EOFError, OSError):
+                return
+            self.last_seen = time.monotonic()
+
+    def stop(self) -> None:
+        """Ask the worker to flush and exit (an empty batch, after its data)."""
+        try:
+            self.queue.put(b"", timeout=1.0)
+        except queue.Full:
+            pass
+
+
+class Supervisor:
+    def __init__(self, settings, output: str, log) -> None:
+        self.settings = settings
+        self.output = output
+        self.log = log
+        self.signals: deque[int] = deque()
+        self.workers: list[WorkerHandle] = []
+        self.probes: bpf.Probes | None = None
+        self.batches: list[list[bytes]] = []
+        self.counters: Counter = Counter()  # the supervisor's own
+        self.retired: Counter = Counter()  # last counters of workers that were replaced
+        self.exec_pids: deque[int] = deque()
+        self.scan_queue: queue.Queue = queue.Queue()
+        self.started = time.time()
+        self.restarts = int(os.environ.get("AKTO_COLLECTOR_RESTARTS", "0"))
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stopping = False
+        self.heartbeat = None
+
+    # -- signals: handlers only enqueue -------------------------------------
+    def handle_signal(self, signum, _frame) -> None:
+        self.signals.append(signum)
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.handle_signal)
+
+    # -- lifecycle -----------------------------------------------------------
+    def run(self) -> int:
+        self.install_signals()
+        s = self.settings
+        note = bpf.ensure_kernel_headers()
+        if note:
+            self.log.warning("kernel_headers_fallback", detail=note)
+        bpf.ensure_tracefs()
+        self.log.info("starting", version=__version__, restarts=self.restarts, settings=s.describe())
+        if s.mongo_conn:
+            self.log.info("mongo_ignored", detail="AKTO_MONGO_CONN is accepted for manifest compatibility; "
+                          "this collector keeps nothing in a database")
+        for i in range(s.workers):
+            self.workers.append(WorkerHandle(i, s, self.output, self.ctx))
+        self.batches = [[] for _ in self.workers]
+        opts = bpf.ProbeOptions(
+            max_conn=s.max_active_conn,
+            capture_plain=s.capture_all,
+            capture_tls=s.capture_ssl,
+            disable_egress=s.disable_egress,
+            filter_tls_pids=not s.probe_all_pid,
+        )
+        t0 = time.monotonic()
+        try:
+            self.probes = bpf.Probes(opts, self.on_record)
+        except bpf.ProbeError as exc:
+            self.log.error("probes_failed", error=str(exc))
+            self.stop_workers()
+            return EXIT_PROBES_FAILED
+        self.probes.ignore_pid(os.getpid())
+        for w in self.workers:
+            self.probes.ignore_pid(w.pid)
+        self.log.info("probes_loaded", seconds=round(time.monotonic() - t0, 2), capture_plain=s.capture_all,
+                      capture_tls=s.capture_ssl)
+        if s.capture_ssl:
+            self.scanner = ProcessScanner(proc_root="/proc", probe_all_pid=s.probe_all_pid,
+                                          ignore_pids=frozenset([os.getpid()] + [w.pid for w in self.workers]))
+            self.scan(None)  # before `ready`: what runs now is covered when we say so
+            threading.Thread(target=self._scan_loop, name="scanner", daemon=True).start()
+        self.heartbeat = self._make_heartbeat()
+        self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid())
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def loop(self) -> None:
+        s = self.settings
+        now = time.monotonic()
+        next_stats = now + s.stats_interval
+        next_housekeeping = now + 1.0
+        next_uprobe_poll = now + s.uprobe_poll_interval
+        next_heartbeat = now + min(5.0, s.heartbeat_interval)
+        probes = self.probes
+        while not self.stopping:
+            probes.wait(DRAIN_INTERVAL_MS)
+            probes.drain()
+            self.flush_batches()
+            if self.signals:
+                self.dispatch_signal(self.signals.popleft())
+            while self.exec_pids:
+                pid = self.exec_pids.popleft()
+                for delay in RESCAN_AFTER_EXEC:
+                    self.scan_queue.put((time.monotonic() + delay, pid))
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                next_housekeeping = now + 1.0
+                self.manage_workers()
+            if now >= next_stats:
+                next_stats = now + s.stats_interval
+                self.log_stats()
+                self.expire_kernel_connections()
+                self.guard_memory()
+            if now >= next_uprobe_poll and s.capture_ssl:
+                next_uprobe_poll = now + s.uprobe_poll_interval
+                self.scan_queue.put((now, None))
+            if now >= next_heartbeat and self.heartbeat is not None:
+                next_heartbeat = now + s.heartbeat_interval
+                self.send_heartbeat()
+
+    def dispatch_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.log_stats()
+            return
+        self.log.info("stopping", signal=signal.Signals(signum).name)
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        """Detach first (nothing of ours stays in the kernel), then let the
+        workers finish what they hold and flush their sinks."""
+        if self.probes is not None:
+            self.probes.drain()
+            self.flush_batches()
+            kernel = self.probes.counters()
+            self.probes.close()
+            self.probes = None
+            self.counters.update({k: v for k, v in kernel.items()})
+        self.stop_workers()
+        self.log_stats(final=True)
+        if self.heartbeat is not None:
+            self.send_heartbeat()
+            self.heartbeat.close(timeout=2.0)
+        self.log.info("stopped")
+
+    def stop_workers(self, timeout: float = 8.0) -> None:
+        for w in self.workers:
+            w.stop()
+        deadline = time.monotonic() + timeout
+        for w in self.workers:
+            w.process.join(max(0.1, deadline - time.monotonic()))
+            w.read_reports()
+            if w.process.is_alive():
+                self.log.warning("worker_kill", worker=w.index, pid=w.pid)
+                w.process.kill()
+                w.process.join(1.0)
+
+    # -- hot path: one call per ring buffer record --------------------------
+    def on_record(self, raw: bytes) -> None:
+        kind = raw[KIND_OFFSET]
+        if kind < KIND_EXEC:
+            batches = self.batches
+            batches[hash(raw[TGID_FD]) % len(batches)].append(raw)
+        elif kind == KIND_EXEC:
+            self.exec_pids.append(int.from_bytes(raw[24:28], "little"))
+        elif kind == KIND_EXIT:
+            for b in self.batches:
+                b.append(raw)
+
+    def flush_batches(self) -> None:
+        for w, batch in zip(self.workers, self.batches):
+            if batch:
+                w.submit(b"".join(batch), len(batch))
+                batch.clear()
+
+    # -- workers ---------------------------------------------------------------
+    def manage_workers(self) -> None:
+        """Reap dead workers and replace stalled ones (their heartbeat is the
+        report they send from inside their loop)."""
+        for i, w in enumerate(self.workers):
+            w.read_reports()
+            if w.process.is_alive():
+                if time.monotonic() - w.last_seen > WORKER_STALL_SECONDS:
+                    self.log.error("worker_stalled", worker=i, pid=w.pid)
+                    w.process.terminate()
+                    w.process.join(2.0)
+                    if w.process.is_alive():
+                        w.process.kill()
+                        w.process.join(1.0)
+                else:
+                    continue
+            code = w.process.exitcode
+            if code == worker.EXIT_BOOT_FAILED:
+                self.log.error("worker_cannot_boot", worker=i, detail="stopping: see the worker's error above")
+                self.stopping = True
+                return
+            self.log.error("worker_died", worker=i, pid=w.pid, exitcode=code)
+            self.retired.update(w.last_report.get("counters", {}))
+            self.retired["queue.dropped_records"] += w.dropped
+            self.retired["worker.restarts"] += 1
+            lost = w.queue.qsize()
+            self.retired["queue.dropped_batches_on_restart"] += lost
+            nw = WorkerHandle(i, self.settings, self.output, self.ctx)
+            if self.probes is not None:
+                self.probes.ignore_pid(nw.pid)
+            self.workers[i] = nw
+
+    # -- observability -------------------------------------------------------
+    def totals(self) -> Counter:
+        total = Counter(self.retired)
+        total.update(self.counters)
+        for w in self.workers:
+            total.update(w.last_report.get("counters", {}))
+            total["queue.dropped_records"] += w.dropped
+        if self.probes is not None:
+            total.update(self.probes.counters())
+        return total
+
+    def log_stats(self, final: bool = False) -> None:
+        total = self.totals()
+        per_worker = [{"worker": w.index, "pid": w.pid, "connections": w.last_report.get("connections", 0),
+                       "buffered": w.last_report.get("buffered", 0), "queue": w.queue.qsize(),
+                       "sink": w.last_report.get("sink", "")} for w in self.workers]
+        drops = {k: v for k, v in total.items() if "dropped" in k and v}
+        self.log.info("stats_final" if final else "stats",
+                      records=total.get("worker.records", 0), pairs=total.get("pairs", 0),
+                      drops=drops, counters=dict(sorted(total.items())), workers=per_worker,
+                      uprobes=len(self.probes.uprobes) if self.probes else 0,
+                      rss_mb=round(self.rss() / 1e6, 1))
+
+    def _make_heartbeat(self):
+        if not self.settings.kafka_brokers:
+            return None
+        from akto_collector.sinks import HeartbeatSender  # noqa: PLC0415 (only with Kafka)
+
+        return HeartbeatSender(self.settings, self.counters)
+
+    def send_heartbeat(self) -> None:
+        total = self.totals()
+        payload = {
+            "id": self.settings.daemonset_id,
+            "node": self.settings.node_name,
+            "pod": self.settings.pod_name,
+            "version": __version__,
+            "uptime": int(time.time() - self.started),
+            "restarts": self.restarts,
+            "probes_attached": len(self.probes.uprobes) if self.probes else 0,
+            "counters": dict(total),
+            "ts": int(time.time()),
+        }
+        try:
+            self.heartbeat.send(payload)
+            self.heartbeat.poll()
+        except Exception as exc:  # noqa: BLE001 (a heartbeat must never take the collector down)
+            self.counters["heartbeat.failed"] += 1
+            self.log.warning("heartbeat_failed", error=str(exc))
+
+    # -- limits ----------------------------------------------------------------
+    def expire_kernel_connections(self) -> None:
+        n = self.probes.expire_connections(int(self.settings.inactivity_threshold * 1e9))
+        if n:
+            self.counters["kernel.expired_connections"] += n
+
+    def rss(self) -> int:
+        total = 0
+        for pid in [os.getpid()] + [w.pid for w in self.workers]:
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def guard_memory(self) -> None:
+        rss = self.rss()
+        if rss <= self.settings.mem_thresh_restart_bytes:
+            return
+        self.log.warning("memory_restart", rss_mb=round(rss / 1e6, 1),
+                         threshold_mb=self.settings.mem_thresh_restart_mb)
+        self.shutdown()
+        env = dict(os.environ, AKTO_COLLECTOR_RESTARTS=str(self.restarts + 1))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "akto_collector", *sys.argv[1:]], env)
+
+    # -- TLS process scanner -----------------------------------------------------
+    def _scan_loop(self) -> None:
+        pending: list[tuple[float, int | None]] = []
+        while True:
+            timeout = max(0.0, min(t for t, _ in pending) - time.monotonic()) if pending else 1.0
+            try:
+                pending.append(self.scan_queue.get(timeout=timeout))
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            due = [p for p in pending if p[0] <= now]
+            if not due:
+                continue
+            pending = [p for p in pending if p[0] > now]
+            full = any(pid is None for _, pid in due)
+            try:
+                self.scan(None if full else sorted({pid for _, pid in due}))
+            except Exception as exc:  # noqa: BLE001 (the scanner thread must survive anything)
+                self.log.error("scan_failed", error=str(exc))
+
+    def scan(self, pids) -> None:
+        probes = self.probes
+        if probes is None:
+            return
+        result = self.scanner.scan(pids=pids)
+        for key, lib in result.libraries.items():
+            if not self.settings.probe_all_pid:
+                for pid in lib.pids:
+                    probes.allow_tls_pid(pid)
+            if key in probes.uprobes:
+                continue
+            try:
+                attached = probes.attach_tls(key, lib.path, lib.kind, lib.symbols)
+            except bpf.ProbeError as exc:
+                self.counters["uprobe.attach_failed"] += 1
+                self.log.warning("uprobe_attach_failed", library=lib.path, kind=lib.kind,
+                                 pids=sorted(lib.pids)[:10], error=str(exc), retry="next scan")
+                continue
+            comms = sorted({self.scanner_comm(p) for p in list(lib.pids)[:5]})
+            self.log.info("uprobe_attached", library=lib.path, kind=lib.kind, version=lib.version,
+                          symbols=attached, pids=sorted(lib.pids)[:10], comm=comms)
+        for u in result.unsupported:
+            self.log.warning("tls_not_capturable", pid=u.pid, comm=u.comm, reason=u.reason)
+        for e in result.errors:
+            self.log.debug("scan_pid_failed", pid=e.pid, reason=e.reason, retry="next scan")
+
+    @staticmethod
+    def scanner_comm(pid: int) -> str:
+        from akto_collector.procfs import process_comm  # noqa: PLC0415
+
+        return process_comm(pid)

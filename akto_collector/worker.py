@@ -1,0 +1,235 @@
+"""A parser worker: raw kernel records in, Akto messages out.
+
+Each worker owns the connections of its shard (the supervisor routes by
+tgid and fd), so everything here is single-threaded and lock-free: decode
+the batch, reassemble and parse per connection, filter, encode, hand to the
+sink. It reports its counters (and so proves it is alive) to the supervisor
+once a second; an empty batch is the order to flush and exit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import time
+from collections import Counter
+
+from akto_collector import logging as logsetup
+from akto_collector.records import (
+    ADDR,
+    HDR_SIZE,
+    KIND_ADDR,
+    KIND_CLOSE,
+    KIND_DATA,
+    KIND_EXIT,
+    KIND_OPEN,
+    RECORD,
+)
+from akto_collector.events import ROLE_CLIENT, ROLE_SERVER, ConnId, ConnMeta, DataEvent
+from akto_collector.filters import PairFilter
+from akto_collector.message import MessageEncoder
+from akto_collector.procfs import join_host_port, process_comm, socket_addresses
+from akto_collector.sinks import make_sink
+from akto_collector.streams import ConnectionStream, CoreLimits
+
+EXIT_BOOT_FAILED = 3  # the supervisor must not respawn a worker that cannot boot
+REPORT_EVERY = 1.0
+AF_INET = 2
+
+
+def _address(family: int, raw: bytes, port: int) -> str:
+    if family == AF_INET:
+        ip = str(ipaddress.IPv4Address(raw[:4]))
+    else:
+        addr = ipaddress.IPv6Address(raw)
+        ip = str(addr.ipv4_mapped or addr)
+    return join_host_port(ip, port)
+
+
+class Worker:
+    """The per-shard pipeline; `handle_batch` is the hot path."""
+
+    def __init__(self, index: int, settings, output: str, counters: Counter | None = None) -> None:
+        self.index = index
+        self.settings = settings
+        self.counters = counters if counters is not None else Counter()
+        budget = settings.buffer_threshold_bytes // max(1, settings.workers)
+        # Half the budget for stream buffers, half for messages the sink holds.
+        self.stream_budget = budget // 2
+        self.sink = make_sink(settings, output=output, counters=self.counters, max_buffer_bytes=budget // 2)
+        self.encoder = MessageEncoder(settings.account_id, settings.vxlan_id, settings.daemonset_id)
+        self.filter = PairFilter.from_settings(settings)
+        self.limits = CoreLimits(max_body_bytes=settings.max_body_bytes)
+        self.disable_egress = settings.disable_egress
+        self.idle = settings.inactivity_threshold
+        self.streams: dict[ConnId, ConnectionStream] = {}
+        self.metas: dict[ConnId, ConnMeta] = {}
+        self.role_hints: dict[ConnId, int] = {}
+        # bpf_ktime_get_ns is CLOCK_MONOTONIC: one offset turns it into wall time.
+        self.clock_offset = time.time() - time.monotonic()
+
+    # -- hot path -----------------------------------------------------------
+    def handle_batch(self, blob: bytes) -> None:
+        unpack = RECORD.unpack_from
+        streams = self.streams
+        counters = self.counters
+        off, end = 0, len(blob)
+        n = 0
+        while off < end:
+            ts_ns, gen, call_pos, tgid, fd, total, offset, ln, kind, flags, direction, role, _ = unpack(blob, off)
+            start = off + HDR_SIZE
+            off = start + ln
+            n += 1
+            conn = ConnId(tgid, fd, gen)
+            ts = ts_ns / 1e9 + self.clock_offset
+            if kind == KIND_DATA:
+                cs = streams.get(conn)
+                if cs is None:
+                    if len(streams) >= self.settings.max_active_conn:
+                        counters["worker.dropped.conn_limit"] += 1
+                        continue
+                    cs = streams[conn] = ConnectionStream(conn, self.limits, counters,
+                                                          role_hint=self.role_hints.pop(conn, role))
+                ev = DataEvent(conn, ts, direction, call_pos, total, offset, flags, blob[start:off])
+                if cs.finished:
+                    continue
+                for ex in cs.on_event(ev):
+                    self.emit(ex)
+            elif kind == KIND_ADDR or kind == KIND_OPEN:
+                self.on_address(conn, kind, role, blob[start:off])
+            elif kind == KIND_CLOSE:
+                self.close(conn, ts)
+            elif kind == KIND_EXIT:
+                for c in [c for c in streams if c.tgid == tgid]:
+                    self.close(c, ts)
+        counters["worker.records"] += n
+
+    def on_address(self, conn: ConnId, kind: int, role: int, payload: bytes) -> None:
+        family, sport, dport, _, saddr, daddr, comm = ADDR.unpack_from(payload)
+        meta = self.metas.get(conn)
+        if meta is None:
+            meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd)
+        meta.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+        if kind == KIND_OPEN:
+            self.role_hints[conn] = role
+            if family:
+                meta.peer = _address(family, daddr, dport)
+        else:
+            meta.local = _address(family, saddr, sport)
+            meta.peer = _address(family, daddr, dport)
+
+    def close(self, conn: ConnId, ts: float) -> None:
+        cs = self.streams.pop(conn, None)
+        if cs is not None:
+            for ex in cs.on_close(ts):
+                self.emit(ex)
+        self.metas.pop(conn, None)
+        self.role_hints.pop(conn, None)
+
+    def emit(self, ex) -> None:
+        counters = self.counters
+        if self.disable_egress and ex.role == ROLE_CLIENT:
+            counters["filter.egress"] += 1
+            return
+        meta = self.metas.get(ex.conn)
+        if meta is None or not meta.local:
+            meta = self._resolve(ex.conn, meta)
+        peer_ip = meta.peer.rsplit(":", 1)[0].strip("[]") if meta.peer else None
+        host = meta.local if ex.role == ROLE_SERVER else meta.peer
+        reason = self.filter.check(ex, host=host or None, peer_ip=peer_ip)
+        if reason:
+            counters[reason] += 1
+            return
+        key, value = self.encoder.encode(ex, meta)
+        self.sink.send(key, value)
+        counters["pairs"] += 1
+
+    def _resolve(self, conn: ConnId, meta: ConnMeta | None) -> ConnMeta:
+        """Addresses of a connection that predates the collector, from /proc."""
+        if meta is None:
+            meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd)
+        if not meta.comm:
+            meta.comm = process_comm(conn.tgid)
+        found = socket_addresses(conn.tgid, conn.fd)
+        if found:
+            meta.local, meta.peer = found
+        else:
+            self.counters["worker.address_unknown"] += 1
+            meta.local = meta.local or "0.0.0.0:0"
+        return meta
+
+    # -- housekeeping --------------------------------------------------------
+    def expire(self, now: float) -> None:
+        """Finish connections idle for TRAFFIC_INACTIVITY_THRESHOLD, and keep
+        stream buffers within their share of TRAFFIC_BUFFER_THRESHOLD."""
+        cutoff = now - self.idle
+        for conn, cs in list(self.streams.items()):
+            if cs.last_seen < cutoff or cs.finished:
+                cs.expire()
+                del self.streams[conn]
+                self.metas.pop(conn, None)
+                self.counters["worker.expired_connections"] += 1
+        held = sum(cs.buffered for cs in self.streams.values())
+        if held > self.stream_budget:
+            for conn, cs in sorted(self.streams.items(), key=lambda kv: kv[1].last_seen):
+                if held <= self.stream_budget:
+                    break
+                held -= cs.buffered
+                cs.expire()
+                del self.streams[conn]
+                self.metas.pop(conn, None)
+                self.counters["buffer.dropped_connections"] += 1
+
+    def report(self) -> dict:
+        return {
+            "worker": self.index,
+            "pid": os.getpid(),
+            "ts": time.time(),
+            "connections": len(self.streams),
+            "buffered": sum(cs.buffered for cs in self.streams.values()) + self.sink.buffered_bytes,
+            "sink": self.sink.state,
+            "counters": dict(self.counters),
+        }
+
+
+def run(index: int, settings, output: str, data_rx, report_tx) -> None:
+    """Entry point of a worker process."""
+    # The supervisor decides when we stop (an empty batch); a Ctrl-C on the
+    # terminal reaches the whole process group and must not kill us first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    log = logsetup.configure(settings.log_level, role="worker", worker=index, pid=os.getpid())
+    try:
+        worker = Worker(index, settings, output)
+    except Exception as exc:  # noqa: BLE001 (any boot failure ends the same way)
+        log.error("worker_boot_failed", error=str(exc))
+        os._exit(EXIT_BOOT_FAILED)
+    log.info("worker_started")
+    next_report = time.monotonic() + REPORT_EVERY
+    poll = settings.kafka_poll_interval
+    while True:
+        if data_rx.poll(min(poll, 0.1)):
+            try:
+                blob = data_rx.recv_bytes()
+            except EOFError:
+                break
+            if not blob:
+                break
+            worker.handle_batch(blob)
+        worker.sink.poll()
+        now = time.monotonic()
+        if now >= next_report:
+            next_report = now + REPORT_EVERY
+            worker.expire(time.time())
+            report_tx.send(worker.report())
+    # Order to stop: connections still open keep their half messages (counted
+    # by expire), what is complete was already emitted; flush the sink.
+    for cs in worker.streams.values():
+        cs.expire()
+    worker.sink.close(timeout=5.0)
+    try:
+        report_tx.send(worker.report())
+    except OSError:
+        pass
+    log.info("worker_stopped", **{k: v for k, v in worker.counters.items() if k.startswith(("pairs", "sink."))})

@@ -1,0 +1,188 @@
+"""End-to-end plaintext capture: real kernel, real servers and clients, loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PyServer, free_port, header, run
+
+pytestmark = pytest.mark.ebpf
+APP = str(Path(__file__).with_name("app_server.py"))
+APP_SCRIPT = f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:]; runpy.run_path({APP!r}, run_name='__main__')"
+
+
+@pytest.fixture(scope="module")
+def app(collector):
+    srv = PyServer(APP_SCRIPT, free_port())
+    yield srv
+    srv.stop()
+
+
+def for_path(path: str, direction: str | None = None):
+    def pred(p):
+        return p["path"] == path and (direction is None or p["direction"] == direction)
+    return pred
+
+
+def test_curl_get_both_sides(collector, app):
+    r = run(["curl", "-s", f"http://127.0.0.1:{app.port}/api/users?id=1"])
+    assert r.returncode == 0
+    got = collector.wait_pairs(for_path("/api/users?id=1"), count=2)
+    by_dir = {p["direction"]: p for p in got}
+    assert set(by_dir) == {"1", "2"}, got
+    server, client = by_dir["1"], by_dir["2"]
+    for p in (server, client):
+        assert p["method"] == "GET"
+        assert p["type"] == "HTTP/1.1"
+        assert p["statusCode"] == "200"
+        assert p["status"] == "200 OK"
+        assert json.loads(p["responsePayload"]) == {"path": "/api/users?id=1", "ok": True}
+        assert header(p["requestHeaders"], "host") == f"127.0.0.1:{app.port}"
+        assert header(p["requestHeaders"], "user-agent").startswith("curl/")
+        assert header(p["responseHeaders"], "content-type") == "application/json"
+        assert p["requestPayload"] == ""
+        assert p["is_pending"] == "false" and p["source"] == "MIRRORING"
+        assert all(isinstance(v, str) for v in p.values())
+        assert abs(int(p["time"]) - time.time()) < 60
+    # The server sees the client as its peer, and itself as the destination.
+    assert server["destIp"] == f"127.0.0.1:{app.port}"
+    assert server["ip"].startswith("127.0.0.1:")
+    assert client["ip"] == f"127.0.0.1:{app.port}"
+    assert client["destIp"] == server["ip"]
+    assert server["process_id"] == str(app.proc.pid)
+    assert client["process_name"] == "curl"
+
+
+def test_keep_alive_many_requests_and_post_json(collector, app):
+    conn = http.client.HTTPConnection("127.0.0.1", app.port)
+    for i in range(20):
+        conn.request("GET", f"/ka/{i}")
+        assert conn.getresponse().read()
+    body = json.dumps({"user": "ann", "roles": ["a", "b"]})
+    conn.request("POST", "/ka/post", body=body, headers={"Content-Type": "application/json"})
+    assert conn.getresponse().status == 201
+    conn.close()
+    got = collector.wait_pairs(lambda p: p["path"].startswith("/ka/") and p["direction"] == "1", count=21)
+    paths = sorted(p["path"] for p in got)
+    assert len(paths) == 21, paths
+    assert {f"/ka/{i}" for i in range(20)} <= set(paths)
+    post = [p for p in got if p["path"] == "/ka/post"][0]
+    assert post["method"] == "POST"
+    assert json.loads(post["requestPayload"]) == {"user": "ann", "roles": ["a", "b"]}
+    assert post["statusCode"] == "201"
+    assert json.loads(post["responsePayload"])["received"] == len(body)
+    # the client side (this test process) is captured too, as egress
+    client = collector.wait_pairs(lambda p: p["path"].startswith("/ka/") and p["direction"] == "2", count=21)
+    assert len(client) == 21
+
+
+def test_chunked_gzip_head_204(collector, app):
+    for args in (["/chunked"], ["/gzip"], ["-I", "/head"], ["/empty"]):
+        url = f"http://127.0.0.1:{app.port}{args[-1]}"
+        assert run(["curl", "-s", *args[:-1], url]).returncode == 0
+    chunked = collector.wait_pairs(for_path("/chunked", "1"))[0]
+    assert chunked["responsePayload"] == "hello chunked world"
+    gz = collector.wait_pairs(for_path("/gzip", "1"))[0]
+    assert json.loads(gz["responsePayload"]) == {"compressed": True}
+    head = collector.wait_pairs(for_path("/head", "1"))[0]
+    assert head["method"] == "HEAD" and head["responsePayload"] == "" and head["statusCode"] == "200"
+    empty = collector.wait_pairs(for_path("/empty", "1"))[0]
+    assert empty["statusCode"] == "204" and empty["responsePayload"] == ""
+
+
+def test_pipelined_requests_raw_socket(collector, app):
+    s = socket.create_connection(("127.0.0.1", app.port))
+    reqs = b"".join(b"GET /pipe/%d HTTP/1.1\r\nHost: pipe.local\r\n\r\n" % i for i in range(5))
+    s.sendall(reqs)
+    data = b""
+    deadline = time.monotonic() + 5
+    while data.count(b"HTTP/1.1 200") < 5 and time.monotonic() < deadline:
+        data += s.recv(65536)
+    s.close()
+    got = collector.wait_pairs(lambda p: p["path"].startswith("/pipe/") and p["direction"] == "1", count=5)
+    assert sorted(p["path"] for p in got) == [f"/pipe/{i}" for i in range(5)]
+    for p in got:
+        assert json.loads(p["responsePayload"])["path"] == p["path"]
+
+
+def test_large_body_is_cut_and_flagged(collector, app):
+    r = run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{app.port}/big?n=5000000"])
+    assert r.returncode == 0
+    p = collector.wait_pairs(for_path("/big?n=5000000", "1"), timeout=20)[0]
+    assert p["statusCode"] == "200"
+    assert p.get("responsePayloadCut") == "true", {k: v for k, v in p.items() if "Payload" not in k}
+    assert len(p["responsePayload"]) <= 1_100_000
+    assert p["responsePayload"].startswith("xxxx")
+
+
+def test_not_http_server_produces_nothing(collector):
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-c", f"""
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', {port})); s.listen()
+for _ in range(3):
+    c, _ = s.accept(); c.recv(100); c.sendall(b'\\x00\\x00\\x00\\x08binary!!' * 10); c.close()
+"""])
+    time.sleep(0.3)
+    for _ in range(3):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2fREDIS*1\r\n$4\r\nPING\r\n")
+        c.recv(100)
+        c.close()
+    srv.wait(5)
+    time.sleep(0.5)
+    assert not [p for p in collector.read_pairs() if str(port) in p["ip"] + p["destIp"]]
+
+
+def test_nginx_server(collector, tmp_path):
+    nginx = "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        pytest.fail("nginx missing: make test-deps installs it")
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+daemon off; worker_processes 1; error_log {tmp_path}/error.log; pid {tmp_path}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
+  uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
+  server {{
+    listen 127.0.0.1:{port};
+    location /ng {{ default_type application/json; return 200 '{{"nginx":true}}'; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
+    try:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert run(["curl", "-s", f"http://127.0.0.1:{port}/ng/x"]).returncode == 0
+        p = collector.wait_pairs(for_path("/ng/x", "1"))[0]
+        assert json.loads(p["responsePayload"]) == {"nginx": True}
+        assert p["process_name"] == "nginx"
+        assert header(p["responseHeaders"], "server").startswith("nginx")
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_stats_and_clean_counters(collector):
+    collector.wait_log("stats")
+    stats = collector.stats()
+    assert stats.get("kernel.dropped.ringbuf_full", 0) == 0
+    assert stats.get("queue.dropped_records", 0) == 0
