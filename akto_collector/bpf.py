@@ -52,6 +52,7 @@ TLS_PROBES = {
 }
 TLS_PROBES["boringssl"] = TLS_PROBES["openssl"]
 TLS_PROBES["openssl-static"] = TLS_PROBES["openssl"]
+TLS_PROBES["boringssl-static"] = TLS_PROBES["openssl"]
 
 
 class ProbeError(Exception):
