@@ -1,0 +1,758 @@
+"""Where encoded messages go: Kafka when brokers are configured, JSON lines otherwise.
+
+Strategy. The worker loop is single-threaded and must never stall on the
+broker, so every sink has the same shape: ``send()`` only appends to a
+bounded in-memory queue, and ``poll()`` (called often by the loop) moves
+data on. The Kafka sink keeps its own queue in front of kafka-python's
+producer because the producer's buffer is unbounded in memory and its
+``send()`` can block: we hand the producer at most ``inflight_bytes`` at a
+time and learn the outcome of each message by polling its future (never in
+a callback, so counters are only ever touched by the worker thread). A
+message is delivered, put back to be sent again, or counted under a named
+drop reason; nothing disappears silently.
+
+This is the only module of the project that imports kafka.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections import Counter, deque
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+log = structlog.get_logger()
+
+DEFAULT_BUFFER_BYTES = 64 << 20
+COMPRESSIONS = ("none", "gzip", "lz4", "snappy", "zstd")
+
+# A single os.write of at most PIPE_BUF bytes to a pipe is atomic; larger
+# writes are made exclusive with a POSIX record lock (see JsonLinesSink).
+_PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
+_JSONL_FLUSH_BYTES = 256 << 10
+
+
+class Sink(Protocol):
+    state: str
+
+    def send(self, key: bytes, value: bytes) -> None: ...
+    def poll(self) -> None: ...
+    def flush(self, timeout: float) -> None: ...
+    def close(self, timeout: float) -> None: ...
+    @property
+    def buffered_bytes(self) -> int: ...
+
+
+def make_sink(
+    settings: Any,
+    output: str = "-",
+    counters: Counter | None = None,
+    max_buffer_bytes: int | None = None,
+) -> Sink:
+    """KafkaSink when ``settings.kafka_brokers`` is non-empty, else JsonLinesSink.
+
+    Raises ValueError for a bad broker address or compression name.
+    Create it in the process that uses it (after fork): it owns file
+    descriptors, sockets and, for Kafka, background threads.
+    """
+    counters = Counter() if counters is None else counters
+    if max_buffer_bytes is None:
+        max_buffer_bytes = int(getattr(settings, "buffer_threshold_bytes", 0) or DEFAULT_BUFFER_BYTES)
+    if parse_brokers(getattr(settings, "kafka_brokers", ())):
+        return KafkaSink(settings, counters=counters, max_buffer_bytes=max_buffer_bytes)
+    return JsonLinesSink(
+        output,
+        counters=counters,
+        flush_interval=float(getattr(settings, "kafka_poll_interval", 0.5)),
+    )
+
+
+def parse_brokers(brokers: Any) -> tuple[str, ...]:
+    """Validate "host:port" strings (a comma-separated string is accepted too).
+
+    IPv6 literals are written "[::1]:9092". Raises ValueError naming the bad entry.
+    """
+    if isinstance(brokers, str):
+        brokers = brokers.split(",")
+    out = []
+    for raw in brokers or ():
+        entry = str(raw).strip()
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+            raise ValueError(f"KAFKA_BROKERS: bad broker address {entry!r} (expected host:port)")
+        out.append(entry)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- JSON lines
+
+
+class JsonLinesSink:
+    """Each value plus b"\\n", appended to a file or written to stdout.
+
+    Several worker processes write to the same stdout, so a batch of whole
+    lines goes out under a POSIX record lock (lockf: per process, so it
+    excludes other workers even though they share the inherited file
+    description; flock would not). Where the lock is refused, batches are
+    cut at line boundaries into pieces of at most PIPE_BUF bytes, which a
+    pipe writes atomically; only a single line longer than that can then
+    interleave.
+    """
+
+    def __init__(self, output: str = "-", counters: Counter | None = None, flush_interval: float = 0.5):
+        self.counters = Counter() if counters is None else counters
+        self._flush_interval = flush_interval
+        if output == "-":
+            # File descriptor 1 itself, not sys.stdout (which Python or a
+            # test harness may have replaced): it is what the workers share.
+            self._fd = 1
+            self._own_fd = False
+            self._target = "stdout"
+        else:
+            self._fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._own_fd = True
+            self._target = output
+        self._lines: list[bytes] = []
+        self._bytes = 0
+        self._next_write = time.monotonic() + flush_interval
+        self._lockable = True
+        self._error_logged = False
+        self.state = "open"
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
+
+    def send(self, key: bytes, value: bytes) -> None:
+        self._lines.append(value)
+        self._bytes += len(value) + 1
+        self.counters["sink.sent"] += 1
+        if self._bytes >= _JSONL_FLUSH_BYTES:
+            self._write()
+
+    def poll(self) -> None:
+        if self._lines and time.monotonic() >= self._next_write:
+            self._write()
+
+    def flush(self, timeout: float = 0.0) -> None:
+        if self._lines:
+            self._write()
+
+    def close(self, timeout: float = 0.0) -> None:
+        if self.state == "closed":
+            return
+        self.flush(timeout)
+        if self._own_fd:
+            os.close(self._fd)
+        self.state = "closed"
+
+    def _write(self) -> None:
+        lines, self._lines, self._bytes = self._lines, [], 0
+        self._next_write = time.monotonic() + self._flush_interval
+        if self.state == "closed":
+            self.counters["sink.dropped.shutdown"] += len(lines)
+            return
+        data = b"\n".join(lines) + b"\n"
+        try:
+            if self._lockable and self._lock():
+                try:
+                    self._write_all(data)
+                finally:
+                    self._unlock()
+            else:
+                for piece in _pieces(lines):
+                    self._write_all(piece)
+        except OSError as exc:
+            # EPIPE (reader gone), ENOSPC, ...: count the batch, keep running.
+            self.counters["sink.dropped.error"] += len(lines)
+            if not self._error_logged:
+                log.error("output write failed", target=self._target, error=str(exc))
+                self._error_logged = True
+            self.state = "failed"
+            return
+        self.counters["sink.delivered"] += len(lines)
+        if self.state == "failed":
+            log.info("output writable again", target=self._target)
+            self._error_logged = False
+        self.state = "open"
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def _lock(self) -> bool:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            return True
+        except OSError:
+            self._lockable = False  # e.g. a socket or read-only fd: fall back to PIPE_BUF pieces
+            return False
+
+    def _unlock(self) -> None:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+
+
+def _pieces(lines: list[bytes]) -> list[bytes]:
+    """Join lines into chunks of at most PIPE_BUF bytes, never splitting a line."""
+    out: list[bytes] = []
+    cur: list[bytes] = []
+    size = 0
+    for line in lines:
+        n = len(line) + 1
+        if cur and size + n > _PIPE_BUF:
+            out.append(b"\n".join(cur) + b"\n")
+            cur, size = [], 0
+        cur.append(line)
+        size += n
+    if cur:
+        out.append(b"\n".join(cur) + b"\n")
+    return out
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+class _KafkaLogCapture(logging.Handler):
+    """Keeps kafka-python's latest warning instead of printing it.
+
+    kafka-python logs an error line per failed connection attempt and per
+    retried request, which during an outage means a line every few
+    milliseconds. We log each state change once ourselves and quote the
+    library's latest message as the detail.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.last = record.getMessage()
+        except Exception:  # a bad format string in the library must not break delivery
+            self.last = str(record.msg)
+
+
+def _kafka_log_capture() -> _KafkaLogCapture:
+    logger = logging.getLogger("kafka")
+    for handler in logger.handlers:
+        if isinstance(handler, _KafkaLogCapture):
+            return handler
+    handler = _KafkaLogCapture()
+    logger.addHandler(handler)
+    logger.propagate = False
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    return handler
+
+
+def _probe(brokers: list[str], timeout: float = 3.0) -> None:
+    """Raise ConnectionError unless one broker accepts a TCP connection.
+
+    KafkaProducer only gives up after its bootstrap timeout with "unable
+    to bootstrap"; this says at once, and why ("connection refused",
+    "name does not resolve"), which is what the operator needs in the log.
+    """
+    errors = []
+    for broker in brokers:
+        host, _, port = broker.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            return
+        except OSError as exc:
+            errors.append(f"{broker}: {exc.strerror or exc}")
+    raise ConnectionError("; ".join(errors))
+
+
+def _describe(exc: BaseException) -> str:
+    text, name = str(exc), type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def _message_rejected(exc: BaseException) -> bool:
+    """True when the broker refused the message itself: sending it again cannot help."""
+    from kafka import errors
+
+    return isinstance(
+        exc,
+        (
+            errors.MessageSizeTooLargeError,
+            errors.RecordListTooLargeError,
+            errors.InvalidRecordError,
+            errors.CorruptRecordError,
+            errors.InvalidTopicError,
+            errors.TopicAuthorizationFailedError,
+        ),
+    )
+
+
+def _retriable(exc: BaseException) -> bool:
+    """True for failures the same producer may recover from (timeouts, connections)."""
+    from kafka import errors
+
+    return isinstance(exc, (errors.RetriableError, errors.KafkaTimeoutError))
+
+
+def _close_producer(producer: Any, timeout: float) -> None:
+    """Close a KafkaProducer without ever raising.
+
+    kafka-python 3.0's close() raises KafkaTimeoutError from its internal
+    flush when batches are still pending, before it stops its sender
+    thread; the thread would then keep retrying forever in the background
+    (and __del__/atexit would raise again). Force the sender closed in that case.
+    """
+    try:
+        producer.close(timeout=timeout)
+        return
+    except Exception:
+        pass
+    sender = getattr(producer, "_sender", None)
+    try:
+        if sender is not None:
+            sender.force_close()
+            sender.join(1.0)
+    except Exception:
+        pass
+    try:
+        producer.close(timeout=0)
+    except Exception:
+        producer._closed = True  # stop __del__ from raising at interpreter exit
+
+
+def producer_config(settings: Any, idempotence: bool = True) -> dict[str, Any]:
+    """KafkaProducer keyword arguments built from settings (exposed for docs and tests)."""
+    brokers = parse_brokers(getattr(settings, "kafka_brokers", ()))
+    compression = str(getattr(settings, "kafka_compression", "lz4") or "none").lower()
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"KAFKA_COMPRESSION: {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    if compression != "none":
+        from kafka import codec
+
+        if not getattr(codec, f"has_{compression}")():
+            raise ValueError(f"KAFKA_COMPRESSION: {compression} needs its Python library, which is not installed")
+    linger_ms = max(0, int(float(getattr(settings, "kafka_poll_interval", 0.5)) * 1000))
+    request_timeout_ms = 30_000
+    config: dict[str, Any] = {
+        "bootstrap_servers": list(brokers),
+        "client_id": "akto-collector",
+        "acks": "all",
+        "compression_type": None if compression == "none" else compression,
+        "linger_ms": linger_ms,
+        "batch_size": 256 << 10,
+        "max_request_size": 1 << 20,
+        # One request in flight per connection keeps per-partition order
+        # even across retries, idempotent or not.
+        "max_in_flight_requests_per_connection": 1,
+        "enable_idempotence": idempotence,
+        "request_timeout_ms": request_timeout_ms,
+        # Batches stay inside the producer (bounded by our inflight_bytes)
+        # and are retried through an outage of this length; beyond it they
+        # come back to us and are queued again.
+        "delivery_timeout_ms": max(300_000, linger_ms + request_timeout_ms),
+        "reconnect_backoff_ms": 100,
+        "reconnect_backoff_max_ms": 5_000,
+        # Bound the blocking calls that run in our connect thread.
+        "bootstrap_timeout_ms": 10_000,
+        "max_block_ms": 10_000,
+        "metrics_enabled": False,
+    }
+    username = getattr(settings, "kafka_username", "") or ""
+    tls = bool(getattr(settings, "kafka_use_tls", False))
+    if username:
+        config["security_protocol"] = "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        config["sasl_mechanism"] = "PLAIN"
+        config["sasl_plain_username"] = username
+        config["sasl_plain_password"] = getattr(settings, "kafka_password", "") or ""
+    elif tls:
+        config["security_protocol"] = "SSL"
+    ca_file = getattr(settings, "kafka_ca_file", "") or ""
+    if tls and ca_file:
+        config["ssl_cafile"] = ca_file
+    return config
+
+
+class KafkaSink:
+    """Bounded, ordered, at-least-once delivery to one Kafka topic.
+
+    States: "connecting" (no producer yet), "connected", "disconnected"
+    (the producer could not be created, or nothing was acknowledged for
+    ``stall_seconds``), "closed". Each change is logged once.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        counters: Counter | None = None,
+        max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        topic: str | None = None,
+        counter_prefix: str = "sink",
+        inflight_bytes: int = 4 << 20,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        stall_seconds: float | None = None,
+    ):
+        self.counters = Counter() if counters is None else counters
+        self.topic = topic or getattr(settings, "kafka_topic", "akto.api.logs")
+        self._config = producer_config(settings)  # validates before anything starts
+        self._brokers = ",".join(self._config["bootstrap_servers"])
+        self._max_bytes = max(1, int(max_buffer_bytes))
+        # Keep at least half the budget for the queue we can shed from.
+        self._inflight_cap = max(1, min(int(inflight_bytes), self._max_bytes // 2))
+        self._backoff_min, self._backoff_max = backoff
+        linger = self._config["linger_ms"] / 1000
+        self._stall_seconds = stall_seconds if stall_seconds is not None else linger + 5.0
+
+        p = counter_prefix
+        self._c_sent = f"{p}.sent"
+        self._c_delivered = f"{p}.delivered"
+        self._c_buffer_full = f"{p}.dropped.buffer_full"
+        self._c_shutdown = f"{p}.dropped.shutdown"
+        self._c_error = f"{p}.dropped.error"
+        self._c_retried = f"{p}.retried"
+        self._c_reconnects = f"{p}.reconnects"
+        self._c_connect_failures = f"{p}.connect_failures"
+
+        self._pending: deque[tuple[bytes, bytes]] = deque()  # not yet handed to the producer
+        self._pending_bytes = 0
+        self._inflight: deque[tuple[Any, bytes, bytes, float]] = deque()  # (future, key, value, handed at)
+        self._inflight_bytes = 0
+        self._last_ack = 0.0  # monotonic time of the latest acknowledgement
+
+        self._producer: Any = None
+        self._idempotence = True
+        self._connect_thread: threading.Thread | None = None
+        self._connect_result: tuple[Any, BaseException | None] | None = None
+        self._connect_lock = threading.Lock()  # orders close() against a producer arriving
+        self._next_attempt = 0.0
+        self._backoff = self._backoff_min
+        self._closed = False
+        self._rejections_logged: set[str] = set()
+        self._capture = _kafka_log_capture()
+        self.state = "connecting"
+        self.reason = ""
+
+    # -- the worker-facing interface
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._pending_bytes + self._inflight_bytes
+
+    def send(self, key: bytes, value: bytes) -> None:
+        """Queue one message; never blocks, never raises on broker trouble."""
+        self._pending.append((key, value))
+        self._pending_bytes += len(key) + len(value)
+        self.counters[self._c_sent] += 1
+        if self._pending_bytes + self._inflight_bytes > self._max_bytes:
+            self._shed()
+
+    def poll(self) -> None:
+        """Connect (in the background), reap finished deliveries, hand over more."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        if self._producer is None:
+            self._advance_connect(now)
+            if self._producer is None:
+                return
+        self._reap(now)
+        if self._producer is not None:
+            self._hand_over(now)
+            self._check_stall(now)
+
+    def flush(self, timeout: float) -> None:
+        """Deliver what is buffered, waiting at most ``timeout`` seconds."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while (self._pending or self._inflight) and not self._closed:
+            self.poll()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._producer is not None and self._inflight:
+                try:
+                    self._producer.flush(timeout=min(remaining, 0.2))
+                except Exception:
+                    pass  # KafkaTimeoutError: keep looping until our deadline
+            else:
+                thread = self._connect_thread
+                if thread is not None:
+                    thread.join(min(remaining, 0.05))
+                else:
+                    time.sleep(min(remaining, 0.01))
+        self.poll()
+
+    def close(self, timeout: float) -> None:
+        """Flush within ``timeout``, count the rest as ``dropped.shutdown``, release."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        with self._connect_lock:
+            self._closed = True
+            late = self._connect_result
+            self._connect_result = None
+        if late is not None and late[0] is not None:
+            _close_producer(late[0], 0)
+        lost = len(self._pending)
+        for future, _key, _value, _t in self._inflight:
+            if future.is_done and future.exception is None:
+                self.counters[self._c_delivered] += 1
+            else:
+                lost += 1
+        if lost:
+            self.counters[self._c_shutdown] += lost
+            log.warning("kafka sink closed with undelivered messages", topic=self.topic, dropped=lost)
+        self._pending.clear()
+        self._inflight.clear()
+        self._pending_bytes = self._inflight_bytes = 0
+        if self._producer is not None:
+            _close_producer(self._producer, 0)
+            self._producer = None
+        self.state = "closed"
+
+    # -- internals
+
+    def _shed(self) -> None:
+        """Drop the oldest queued messages until the buffer fits again."""
+        dropped = 0
+        pending = self._pending
+        while pending and self._pending_bytes + self._inflight_bytes > self._max_bytes:
+            key, value = pending.popleft()
+            self._pending_bytes -= len(key) + len(value)
+            dropped += 1
+        self.counters[self._c_buffer_full] += dropped
+
+    def _advance_connect(self, now: float) -> None:
+        thread = self._connect_thread
+        if thread is not None:
+            if thread.is_alive():
+                return
+            self._connect_thread = None
+            producer, exc = self._connect_result or (None, RuntimeError("connect thread ended without a result"))
+            self._connect_result = None
+            if producer is not None:
+                self._producer = producer
+                self._backoff = self._backoff_min
+                self._set_state("connected")
+                return
+            self.counters[self._c_connect_failures] += 1
+            self._next_attempt = now + self._backoff
+            self._backoff = min(self._backoff * 2, self._backoff_max)
+            self._set_state("disconnected", _describe(exc), retry_in=round(self._next_attempt - now, 1))
+            return
+        if now >= self._next_attempt:
+            self._connect_result = None
+            self._connect_thread = threading.Thread(
+                target=self._connect, args=(dict(self._config, enable_idempotence=self._idempotence),),
+                name="akto-kafka-connect", daemon=True,
+            )
+            self._connect_thread.start()
+
+    def _connect(self, config: dict[str, Any]) -> None:
+        """Runs in a thread: creating a producer blocks until the broker answers."""
+        from kafka import KafkaProducer
+
+        producer = None
+        try:
+            _probe(config["bootstrap_servers"])
+            producer = KafkaProducer(**config)
+            # Fetch the topic's partitions now, so that send() later never
+            # blocks the worker loop waiting for metadata.
+            producer.partitions_for(self.topic)
+            with self._connect_lock:
+                if self._closed:
+                    raise RuntimeError("sink closed while connecting")
+                self._connect_result = (producer, None)
+        except Exception as exc:
+            if producer is not None:
+                _close_producer(producer, 0)
+            self._connect_result = (None, exc)
+
+    def _reap(self, now: float) -> None:
+        inflight = self._inflight
+        delivered = 0
+        retry: list[tuple[bytes, bytes]] = []
+        broken: BaseException | None = None
+        while inflight and inflight[0][0].is_done:
+            future, key, value, _t = inflight.popleft()
+            self._inflight_bytes -= len(key) + len(value)
+            exc = future.exception
+            if exc is None:
+                delivered += 1
+            elif _message_rejected(exc):
+                self._reject(exc)
+            else:
+                retry.append((key, value))
+                if not _retriable(exc):
+                    broken = exc
+        if delivered:
+            self.counters[self._c_delivered] += delivered
+            self._last_ack = now
+            if self.state != "connected":
+                self._set_state("connected")
+        if broken is not None:
+            self._reset_producer(broken, earlier=retry)
+        elif retry:
+            self._requeue(retry)
+
+    def _hand_over(self, now: float) -> None:
+        from kafka import errors
+
+        producer, topic, pending, inflight = self._producer, self.topic, self._pending, self._inflight
+        cap = self._inflight_cap
+        while pending and self._inflight_bytes < cap:
+            key, value = pending[0]
+            try:
+                future = producer.send(topic, value=value, key=key or None)
+            except errors.MessageSizeTooLargeError as exc:
+                pending.popleft()
+                self._pending_bytes -= len(key) + len(value)
+                self._reject(exc)
+                continue
+            except Exception as exc:  # producer in a fatal state or closed under us
+                self._reset_producer(exc)
+                return
+            pending.popleft()
+            size = len(key) + len(value)
+            self._pending_bytes -= size
+            self._inflight_bytes += size
+            inflight.append((future, key, value, now))
+
+    def _check_stall(self, now: float) -> None:
+        # Waiting since the oldest hand-over or the latest acknowledgement,
+        # whichever is later: right after an outage the head may be old.
+        if self.state == "connected" and self._inflight:
+            waiting = now - max(self._inflight[0][3], self._last_ack)
+            if waiting > self._stall_seconds:
+                self._set_state("disconnected", f"no acknowledgement for {waiting:.1f}s")
+
+    def _requeue(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Put failed messages back in front of the queue, in their order."""
+        self._pending.extendleft(reversed(items))
+        self._pending_bytes += sum(len(k) + len(v) for k, v in items)
+        self.counters[self._c_retried] += len(items)
+        if self._pending_bytes + self._inflight_bytes > self._max_bytes:
+            self._shed()
+
+    def _reject(self, exc: BaseException) -> None:
+        self.counters[self._c_error] += 1
+        name = type(exc).__name__
+        if name not in self._rejections_logged:  # once per kind, not per message
+            self._rejections_logged.add(name)
+            log.error("kafka rejected a message", topic=self.topic, brokers=self._brokers, error=_describe(exc))
+
+    def _reset_producer(self, exc: BaseException, earlier: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Drop a producer that cannot recover (fatal idempotence state, closed).
+
+        Messages still in flight go back to the queue: those the broker
+        already stored are sent twice, which a fresh producer id cannot
+        prevent; this only happens after the broker lost our producer state.
+        """
+        from kafka import errors
+
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _close_producer(producer, 0)
+        retry = list(earlier or ())
+        delivered = 0
+        for future, key, value, _t in self._inflight:
+            if future.is_done and future.exception is None:
+                delivered += 1
+            elif future.is_done and _message_rejected(future.exception):
+                self._reject(future.exception)
+            else:
+                retry.append((key, value))
+        self._inflight.clear()
+        self._inflight_bytes = 0
+        self.counters[self._c_delivered] += delivered
+        if retry:
+            self._requeue(retry)
+        if self._idempotence and isinstance(
+            exc, (errors.ClusterAuthorizationFailedError, errors.TransactionalIdAuthorizationFailedError)
+        ):
+            # Brokers that deny IDEMPOTENT_WRITE: fall back to plain acks=all
+            # with one request in flight (ordered, duplicates possible on retry).
+            self._idempotence = False
+            log.warning("kafka idempotent producer refused, continuing without", brokers=self._brokers)
+        self._next_attempt = time.monotonic() + self._backoff
+        self._set_state("disconnected", _describe(exc))
+
+    def _set_state(self, state: str, reason: str = "", **extra: Any) -> None:
+        if state == self.state:
+            return
+        previous, self.state, self.reason = self.state, state, reason
+        if state == "connected":
+            if previous == "disconnected":
+                self.counters[self._c_reconnects] += 1
+            self._capture.last = ""  # a later disconnect should not quote this outage
+            log.info("kafka connected", brokers=self._brokers, topic=self.topic, buffered=self.buffered_bytes)
+        elif state == "disconnected":
+            log.warning(
+                "kafka disconnected",
+                brokers=self._brokers,
+                topic=self.topic,
+                reason=reason,
+                detail=self._capture.last,
+                buffered=self.buffered_bytes,
+                **extra,
+            )
+
+
+# --------------------------------------------------------------------------- heartbeat
+
+
+class HeartbeatSender:
+    """One JSON message per call on ``settings.heartbeat_topic``, best effort.
+
+    The caller (the supervisor) builds the payload and calls ``poll()`` from
+    its loop. Without brokers this does nothing. Counters are ``heartbeat.*``.
+    """
+
+    def __init__(self, settings: Any, counters: Counter | None = None, max_buffer_bytes: int = 1 << 20):
+        self.counters = Counter() if counters is None else counters
+        self.interval = float(getattr(settings, "heartbeat_interval", 60))
+        self._sink: KafkaSink | None = None
+        if parse_brokers(getattr(settings, "kafka_brokers", ())):
+            self._sink = KafkaSink(
+                settings,
+                counters=self.counters,
+                max_buffer_bytes=max_buffer_bytes,
+                topic=getattr(settings, "heartbeat_topic", "akto.daemonset.producer.heartbeats"),
+                counter_prefix="heartbeat",
+                inflight_bytes=max_buffer_bytes // 2,
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self._sink is not None
+
+    @property
+    def state(self) -> str:
+        return self._sink.state if self._sink is not None else "disabled"
+
+    def send(self, payload: dict[str, Any]) -> None:
+        if self._sink is None:
+            return
+        key = str(payload.get("daemonset_id") or payload.get("collector_id") or "").encode()
+        self._sink.send(key, orjson.dumps(payload, default=str))
+        self._sink.poll()
+
+    def poll(self) -> None:
+        if self._sink is not None:
+            self._sink.poll()
+
+    def close(self, timeout: float) -> None:
+        if self._sink is not None:
+            self._sink.close(timeout)

@@ -1,0 +1,213 @@
+"""Sinks without a broker: JSON lines, settings validation, the Kafka sink's bounded queue."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import types
+from collections import Counter
+
+import pytest
+
+from akto_collector.sinks import (
+    HeartbeatSender,
+    JsonLinesSink,
+    KafkaSink,
+    make_sink,
+    parse_brokers,
+    producer_config,
+)
+
+
+def settings(**overrides):
+    base = dict(
+        kafka_brokers=(),
+        kafka_topic="akto.api.logs",
+        kafka_compression="lz4",
+        kafka_username="",
+        kafka_password="",
+        kafka_use_tls=False,
+        kafka_ca_file="",
+        kafka_poll_interval=0.5,
+        heartbeat_topic="akto.daemonset.producer.heartbeats",
+        heartbeat_interval=60,
+        buffer_threshold_bytes=1 << 20,
+    )
+    base.update(overrides)
+    return types.SimpleNamespace(**base)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- JSON lines
+
+
+def test_json_lines_writes_exact_lines(tmp_path):
+    out = tmp_path / "out.jsonl"
+    counters = Counter()
+    sink = make_sink(settings(), output=str(out), counters=counters)
+    assert isinstance(sink, JsonLinesSink)
+    values = [b'{"a":"1"}', b'{"b":"\\u00e9"}', b"{}"]
+    for v in values:
+        sink.send(b"10.0.0.1", v)
+    assert out.read_bytes() == b""  # buffered until poll interval or flush
+    assert sink.buffered_bytes == sum(len(v) + 1 for v in values)
+    sink.flush(1)
+    assert out.read_bytes() == b"".join(v + b"\n" for v in values)
+    sink.send(b"", b'{"c":"3"}')
+    sink.close(1)
+    assert out.read_bytes().splitlines() == values + [b'{"c":"3"}']
+    assert counters["sink.sent"] == counters["sink.delivered"] == 4
+    assert sink.state == "closed"
+
+
+def test_json_lines_appends_to_existing_file(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"old":"1"}\n')
+    sink = JsonLinesSink(str(out))
+    sink.send(b"", b'{"new":"2"}')
+    sink.close(1)
+    assert out.read_bytes() == b'{"old":"1"}\n{"new":"2"}\n'
+
+
+def test_json_lines_poll_writes_after_interval(tmp_path):
+    out = tmp_path / "out.jsonl"
+    sink = JsonLinesSink(str(out), flush_interval=0.0)
+    sink.send(b"", b"{}")
+    sink.poll()
+    assert out.read_bytes() == b"{}\n"
+    sink.close(0)
+
+
+def test_json_lines_to_stdout(capfd):
+    sink = make_sink(settings(), output="-")
+    sink.send(b"k", b'{"x":"1"}')
+    sink.close(1)
+    assert capfd.readouterr().out == '{"x":"1"}\n'
+
+
+def _write_lines(fd: int, tag: int, count: int, size: int) -> None:
+    os.dup2(fd, 1)  # the sink writes to stdout, like every worker process does
+    sink = JsonLinesSink("-", flush_interval=0.0)
+    for i in range(count):
+        sink.send(b"", (b'{"w":"%d","i":"%d","pad":"' % (tag, i)) + b"x" * size + b'"}')
+        if i % 7 == 0:
+            sink.poll()
+    sink.close(1)
+
+
+def test_json_lines_from_several_processes_never_interleave():
+    """Lines far longer than PIPE_BUF, from 4 processes into one pipe, arrive whole."""
+    r, w = os.pipe()
+    ctx = multiprocessing.get_context("fork")
+    workers, count, size = 4, 60, 20_000
+    procs = [ctx.Process(target=_write_lines, args=(w, t, count, size)) for t in range(workers)]
+    for p in procs:
+        p.start()
+    os.close(w)
+    chunks = []
+    while data := os.read(r, 1 << 16):
+        chunks.append(data)
+    os.close(r)
+    for p in procs:
+        p.join(10)
+        assert p.exitcode == 0
+    lines = b"".join(chunks).split(b"\n")
+    assert lines[-1] == b""
+    lines = lines[:-1]
+    assert len(lines) == workers * count, "lines were split or merged"
+    seen = Counter()
+    for line in lines:
+        head, _, rest = line.partition(b'","pad":"')
+        assert rest == b"x" * size + b'"}', f"mangled line starting {line[:60]!r}"
+        seen[head.split(b'"')[3]] += 1
+    assert seen == {str(t).encode(): count for t in range(workers)}
+
+
+def test_json_lines_counts_write_errors(tmp_path):
+    r, w = os.pipe()
+    os.close(r)  # nobody reads: EPIPE
+    counters = Counter()
+    sink = JsonLinesSink("-", counters=counters)
+    sink._fd = w  # write into the broken pipe instead of the test's stdout
+    sink.send(b"", b"{}")
+    sink.send(b"", b"{}")
+    sink.flush(0)
+    assert counters["sink.dropped.error"] == 2
+    assert sink.state == "failed"
+    os.close(w)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("good,parsed", [
+    (("kafka:9092",), ("kafka:9092",)),
+    (("10.0.0.1:9092", " b:19092 "), ("10.0.0.1:9092", "b:19092")),
+    ("a:1, b:2", ("a:1", "b:2")),
+    (("[::1]:9092",), ("[::1]:9092",)),
+    ((), ()),
+    ("", ()),
+])
+def test_parse_brokers_accepts(good, parsed):
+    assert parse_brokers(good) == parsed
+
+
+@pytest.mark.parametrize("bad", ["kafka", "kafka:", ":9092", "kafka:port", "kafka:0", "kafka:70000", "ka fka:9092"])
+def test_bad_broker_strings_are_refused_clearly(bad):
+    with pytest.raises(ValueError, match="KAFKA_BROKERS.*" + bad.replace(" ", "\\s")):
+        make_sink(settings(kafka_brokers=(bad,)))
+
+
+def test_bad_compression_is_refused():
+    with pytest.raises(ValueError, match="KAFKA_COMPRESSION"):
+        make_sink(settings(kafka_brokers=("k:9092",), kafka_compression="brotli"))
+
+
+def test_producer_config_security():
+    plain = producer_config(settings(kafka_brokers=("k:9092",)))
+    assert plain["acks"] == "all" and plain["max_in_flight_requests_per_connection"] == 1
+    assert plain["compression_type"] == "lz4" and plain["linger_ms"] == 500
+    assert "security_protocol" not in plain
+    none = producer_config(settings(kafka_brokers=("k:9092",), kafka_compression="none"))
+    assert none["compression_type"] is None
+    tls = producer_config(settings(kafka_brokers=("k:9093",), kafka_use_tls=True, kafka_ca_file="/ca.pem"))
+    assert tls["security_protocol"] == "SSL" and tls["ssl_cafile"] == "/ca.pem"
+    sasl = producer_config(settings(kafka_brokers=("k:9092",), kafka_username="u", kafka_password="p"))
+    assert sasl["security_protocol"] == "SASL_PLAINTEXT"
+    assert (sasl["sasl_mechanism"], sasl["sasl_plain_username"], sasl["sasl_plain_password"]) == ("PLAIN", "u", "p")
+    both = producer_config(settings(kafka_brokers=("k:9093",), kafka_username="u", kafka_use_tls=True))
+    assert both["security_protocol"] == "SASL_SSL"
+
+
+# --------------------------------------------------------------------------- Kafka sink without a broker
+
+
+def test_kafka_sink_sheds_oldest_and_accounts_for_everything():
+    counters = Counter()
+    sink = make_sink(settings(kafka_brokers=(f"127.0.0.1:{closed_port()}",)), counters=counters, max_buffer_bytes=1000)
+    assert isinstance(sink, KafkaSink)
+    for i in range(100):
+        sink.send(b"k", b"%099d" % i)  # 100 bytes each with the key
+    assert sink.buffered_bytes <= 1000
+    assert counters["sink.dropped.buffer_full"] == 90
+    assert [v for _, v in sink._pending] == [b"%099d" % i for i in range(90, 100)]
+    sink.close(0.2)
+    assert counters["sink.dropped.shutdown"] == 10
+    assert counters["sink.sent"] == 100 == counters["sink.dropped.buffer_full"] + counters["sink.dropped.shutdown"]
+    assert sink.state == "closed"
+
+
+def test_heartbeat_without_brokers_is_a_no_op():
+    counters = Counter()
+    hb = HeartbeatSender(settings(), counters)
+    assert not hb.enabled and hb.state == "disabled"
+    hb.send({"daemonset_id": "x"})
+    hb.poll()
+    hb.close(0)
+    assert not counters
