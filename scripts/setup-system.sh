@@ -6,7 +6,7 @@
 set -euo pipefail
 want=(python3-bpfcc linux-headers-amd64 bpftool python3-venv)
 if [[ "${1:-}" == "--test" ]]; then
-  want+=(nginx-light curl wget openssl)
+  want+=(nginx-light curl wget openssl wrk)
   command -v node >/dev/null || want+=(nodejs)
 fi
 missing=()

@@ -107,7 +107,15 @@ struct conn_t {
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_HASH(conns, u64, struct conn_t, MAX_CONN);
-BPF_TABLE("lru_hash", u64, u8, skipped, 65536);        /* (tgid,fd) judged not HTTP */
+/* (tgid,fd) judged not HTTP; its identity is kept so that TLS plaintext
+ * found later on the same socket continues the same connection. */
+struct skip_t {
+    u64 gen;
+    u64 sk;
+    u8 role;
+    u8 opened;
+};
+BPF_TABLE("lru_hash", u64, struct skip_t, skipped, 65536);
 BPF_TABLE("lru_hash", u64, struct addr_info, sk_addr, 65536); /* sock ptr -> 4-tuple */
 BPF_HASH(ignore_tgid, u32, u8, 1024);                 /* the collector's own processes */
 BPF_PERCPU_ARRAY(counters, u64, C_NCOUNTERS);
@@ -120,6 +128,7 @@ struct tls_call_t {
     u64 ssl;
     u64 buf;
     u64 lenptr;
+    u64 sk; /* the socket of the syscall beneath, when there was one */
     s32 fd;
     u8 dir;
     u8 pad[3];
@@ -144,6 +153,19 @@ static __always_inline int ignored(u32 tgid) {
     return ignore_tgid.lookup(&tgid) != 0;
 }
 
+static __always_inline struct conn_t *conn_create(u64 key, u64 gen, u8 opened, u8 role) {
+    struct conn_t n = {};
+    n.gen = gen;
+    n.last_ts = bpf_ktime_get_ns();
+    n.opened = opened;
+    n.role = role;
+    if (conns.insert(&key, &n) != 0) {
+        count(C_CONN_FULL, 1);
+        return 0;
+    }
+    return conns.lookup(&key);
+}
+
 /* Look the connection up, creating it when new. NULL when it is judged not
  * HTTP, or when the table is full (counted: the cap is TRAFFIC_MAX_ACTIVE_CONN). */
 static __always_inline struct conn_t *conn_get(u64 key, int create, u8 opened, u8 role) {
@@ -154,22 +176,34 @@ static __always_inline struct conn_t *conn_get(u64 key, int create, u8 opened, u
         return 0;
     if (skipped.lookup(&key))
         return 0;
-    struct conn_t n = {};
-    n.gen = bpf_ktime_get_ns();
-    n.last_ts = n.gen;
-    n.opened = opened;
-    n.role = role;
-    if (conns.insert(&key, &n) != 0) {
-        count(C_CONN_FULL, 1);
-        return 0;
-    }
-    return conns.lookup(&key);
+    return conn_create(key, bpf_ktime_get_ns(), opened, role);
 }
 
-static __always_inline void judge_not_http(u64 key) {
-    u8 one = 1;
+/* For TLS plaintext: the socket's ciphertext may have been judged not HTTP;
+ * the plaintext decides, on the same connection identity. */
+static __always_inline struct conn_t *conn_get_tls(u64 key) {
+    struct conn_t *c = conns.lookup(&key);
+    if (c)
+        return c;
+    struct skip_t *sp = skipped.lookup(&key);
+    if (!sp)
+        return conn_create(key, bpf_ktime_get_ns(), 0, ROLE_UNKNOWN);
+    struct skip_t s = *sp;
+    skipped.delete(&key);
+    c = conn_create(key, s.gen, s.opened, s.role);
+    if (c)
+        c->sk = s.sk;
+    return c;
+}
+
+static __always_inline void judge_not_http(u64 key, struct conn_t *c) {
+    struct skip_t s = {};
+    s.gen = c->gen;
+    s.role = c->role;
+    s.opened = c->opened;
+    s.sk = c->sk;
     conns.delete(&key);
-    skipped.update(&key, &one);
+    skipped.update(&key, &s);
     count(C_NOT_HTTP, 1);
 }
 
@@ -220,7 +254,7 @@ static __always_inline int admit(u64 key, struct conn_t *c, u8 dir, const char *
     if (k == 0)
         goto role;
     if (c->opened || c->probation >= PROBATION_CALLS) {
-        judge_not_http(key);
+        judge_not_http(key, c);
         return 0;
     }
     c->probation++;

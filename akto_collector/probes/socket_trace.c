@@ -207,9 +207,17 @@ static __always_inline int on_exit(long ret) {
     struct tls_call_t *t = tls_calls.lookup(&tid);
     if (t) {
         t->fd = a.fd;
+        t->sk = a.sk;
         return 0;
     }
 
+    struct skip_t *sp = skipped.lookup(&key);
+    if (sp) {
+        /* Not HTTP so far; remember the socket in case TLS plaintext shows up. */
+        if (!sp->sk)
+            sp->sk = a.sk;
+        return 0;
+    }
     struct conn_t *c = conn_get(key, 1, 0, ROLE_UNKNOWN);
     if (!c)
         return 0;

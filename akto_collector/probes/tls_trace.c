@@ -78,11 +78,11 @@ static __always_inline int tls_exit(struct pt_regs *ctx, int retkind) {
     ssl_fd.update(&t.ssl, &fd);
 
     u64 key = conn_key(tgid, fd);
-    /* Its ciphertext may have been judged not HTTP: the plaintext decides. */
-    skipped.delete(&key);
-    struct conn_t *c = conn_get(key, 1, 0, ROLE_UNKNOWN);
+    struct conn_t *c = conn_get_tls(key);
     if (!c)
         return 0;
+    if (!c->sk)
+        c->sk = t.sk;
     if (!c->tls) {
         c->tls = 1;
         c->state = ST_UNKNOWN;
