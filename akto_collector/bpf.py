@@ -110,7 +110,7 @@ class ProbeOptions:
     capture_tls: bool = True
     disable_egress: bool = False
     filter_tls_pids: bool = False
-    ringbuf_pages: int = 8192  # 32 MiB
+    ringbuf_pages: int = 16384  # 64 MiB: ~15k typical pairs of slack while the drain is late
 
 
 def program_text(opts: ProbeOptions) -> str:

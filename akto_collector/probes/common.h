@@ -40,11 +40,14 @@
  * judging it not HTTP. */
 #define PROBATION_CALLS 64
 
-/* Copy caps. Each piece goes into a ring buffer slot of one of three fixed
+/* Copy caps. Each piece goes into a ring buffer slot of one of six fixed
  * sizes (the verifier needs a constant reserve size); only the header and the
  * filled bytes are read by user space. */
 #define CHUNK_S 512
+#define CHUNK_1K 1024
+#define CHUNK_2K 2048
 #define CHUNK_M 4096
+#define CHUNK_8K 8192
 #define CHUNK_L 32768
 #define MAX_CHUNKS 8 /* per buffer: 256 KiB, the rest is flagged cut */
 #define MAX_IOV 12
@@ -78,7 +81,10 @@ struct ev_hdr {
 };
 
 struct ev_s { struct ev_hdr h; char buf[CHUNK_S]; };
+struct ev_1k { struct ev_hdr h; char buf[CHUNK_1K]; };
+struct ev_2k { struct ev_hdr h; char buf[CHUNK_2K]; };
 struct ev_m { struct ev_hdr h; char buf[CHUNK_M]; };
+struct ev_8k { struct ev_hdr h; char buf[CHUNK_8K]; };
 struct ev_l { struct ev_hdr h; char buf[CHUNK_L]; };
 
 struct addr_info {
@@ -298,6 +304,26 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         return m;
     }
+    if (n <= CHUNK_1K) {
+        struct ev_1k *e = events.ringbuf_reserve(sizeof(struct ev_1k));
+        if (!e) {
+            count(C_RB_FULL, 1);
+            return -1;
+        }
+        FILL_PIECE(CHUNK_1K)
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        return m;
+    }
+    if (n <= CHUNK_2K) {
+        struct ev_2k *e = events.ringbuf_reserve(sizeof(struct ev_2k));
+        if (!e) {
+            count(C_RB_FULL, 1);
+            return -1;
+        }
+        FILL_PIECE(CHUNK_2K)
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        return m;
+    }
     if (n <= CHUNK_M) {
         struct ev_m *e = events.ringbuf_reserve(sizeof(struct ev_m));
         if (!e) {
@@ -305,6 +331,16 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
             return -1;
         }
         FILL_PIECE(CHUNK_M)
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        return m;
+    }
+    if (n <= CHUNK_8K) {
+        struct ev_8k *e = events.ringbuf_reserve(sizeof(struct ev_8k));
+        if (!e) {
+            count(C_RB_FULL, 1);
+            return -1;
+        }
+        FILL_PIECE(CHUNK_8K)
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         return m;
     }

@@ -188,3 +188,72 @@ def test_stats_and_clean_counters(collector):
     stats = collector.stats()
     assert stats.get("kernel.dropped.ringbuf_full", 0) == 0
     assert stats.get("queue.dropped_records", 0) == 0
+
+
+def test_concurrent_clients_bytes_never_mixed(collector, app):
+    """Many threads on both CPUs at once: each captured body must be exactly
+    its own (a scratch buffer shared across preempted programs would mix them)."""
+    import threading
+
+    errors = []
+
+    def client(t):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", app.port)
+            for i in range(40):
+                body = (f"t{t}-r{i}-" * (1 + (i * 37) % 300)).encode()
+                conn.request("POST", f"/mix/{t}/{i}", body=body)
+                assert json.loads(conn.getresponse().read())["received"] == len(body)
+            conn.close()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    got = collector.wait_pairs(lambda p: p["path"].startswith("/mix/") and p["direction"] == "1", count=320,
+                               timeout=30)
+    assert len(got) == 320
+    for p in got:
+        _, _, t, i = p["path"].split("/")
+        i = int(i)
+        assert p["requestPayload"] == f"t{t}-r{i}-" * (1 + (i * 37) % 300), p["path"]
+        assert json.loads(p["responsePayload"])["received"] == len(p["requestPayload"])
+
+
+def bpf_programs() -> int:
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if ("tracepoint" in line or "kprobe" in line) and "name" in line)
+
+
+def test_connection_opened_before_collector_and_nothing_left_after_exit(start_collector):
+    """A keep-alive connection (and a server thread already blocked in its
+    read) from before the collector started is picked up at its next
+    request; after SIGTERM no program of ours stays loaded."""
+    before = bpf_programs()
+    srv = PyServer(APP_SCRIPT, free_port())
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port)
+        conn.request("GET", "/pre/0")
+        conn.getresponse().read()
+        c = start_collector()  # the server thread sits in recv() on this connection now
+        assert bpf_programs() > before
+        for i in range(1, 4):
+            conn.request("GET", f"/pre/{i}")
+            conn.getresponse().read()
+        got = c.wait_pairs(lambda p: p["path"].startswith("/pre/") and p["direction"] == "1", count=3)
+        assert sorted(p["path"] for p in got) == ["/pre/1", "/pre/2", "/pre/3"]
+        for p in got:
+            assert p["destIp"] == f"127.0.0.1:{srv.port}"
+            assert p["ip"].startswith("127.0.0.1:") and p["ip"] != "127.0.0.1:0"
+        conn.close()
+        t0 = time.monotonic()
+        assert c.stop() == 0
+        assert time.monotonic() - t0 < 10
+        assert bpf_programs() == before
+        assert Path("/sys/kernel/tracing/uprobe_events").read_text().strip() == ""
+    finally:
+        srv.stop()

@@ -1,0 +1,157 @@
+"""End to end: nginx under wrk load, the collector capturing, pairs into a
+real Kafka-protocol broker (Tansu), all on this machine.
+
+Prints requests/s served, pairs/s delivered, loss (requests − pairs
+delivered, with the collector's own drop counters beside it), and the
+collector's CPU and RSS. With --tls the same against nginx with TLS
+(uprobes), and --baseline first measures nginx without the collector, to
+show the overhead on the traced server.
+
+    .venv/bin/python bench/bench_e2e.py [--seconds 10] [--connections 32] [--tls] [--baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+from broker import TansuBroker, free_port  # noqa: E402
+
+BODY = '{"items":[' + ",".join('{"id":%d,"name":"item-%d","price":%d.99}' % (i, i, i) for i in range(38)) + "]}"
+
+
+def start_nginx(tmp: Path, port: int, tls: bool) -> subprocess.Popen:
+    ssl_lines = ""
+    if tls:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-keyout", str(tmp / "k.pem"), "-out", str(tmp / "c.pem")],
+                       check=True, capture_output=True)
+        ssl_lines = f"ssl_certificate {tmp}/c.pem; ssl_certificate_key {tmp}/k.pem;"
+    (tmp / "nginx.conf").write_text(f"""
+daemon off; worker_processes 1; error_log {tmp}/error.log; pid {tmp}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
+  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  server {{
+    listen 127.0.0.1:{port} {"ssl" if tls else ""}; {ssl_lines}
+    location / {{ default_type application/json; return 200 '{BODY}'; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["/usr/sbin/nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+    time.sleep(0.5)
+    return proc
+
+
+def wrk(url: str, seconds: int, connections: int) -> tuple[int, float]:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url],
+                         capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return total, rate
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    p = psutil.Process(pid)
+    return [p] + p.children(recursive=True)
+
+
+def cpu_seconds(procs) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--baseline", action="store_true")
+    ap.add_argument("--workers", default="2")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk missing: make test-deps installs it")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    port = free_port()
+    url = f"{'https' if args.tls else 'http'}://127.0.0.1:{port}/api/items"
+    nginx = start_nginx(tmp, port, args.tls)
+    print(f"== {'TLS (uprobes)' if args.tls else 'plaintext'}: nginx, 1.5 KB JSON, wrk -t1 -c{args.connections} "
+          f"-d{args.seconds}s, {os.cpu_count()} cores shared by load, server, collector and broker")
+    try:
+        if args.baseline:
+            total, rate = wrk(url, args.seconds, args.connections)
+            print(f"baseline (no collector): {rate:,.0f} requests/s")
+        with TansuBroker(proxy=False) as broker:
+            env = dict(os.environ, AKTO_KAFKA_BROKER_MAL=broker.bootstrap, TRAFFIC_DISABLE_EGRESS="true",
+                       AKTO_WORKERS=args.workers, AKTO_STATS_INTERVAL="2",
+                       CAPTURE_ALL="false" if args.tls else "true")
+            err = open(tmp / "collector.log", "wb")
+            col = subprocess.Popen([sys.executable, "-m", "akto_collector", "run"], cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=err)
+            deadline = time.monotonic() + 120
+            while b'"ready"' not in (tmp / "collector.log").read_bytes():
+                if col.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("collector failed:\n" + (tmp / "collector.log").read_text()[-3000:])
+                time.sleep(0.2)
+            time.sleep(1.0)
+            procs = tree(col.pid)
+            cpu0 = cpu_seconds(procs)
+            t0 = time.monotonic()
+            total, rate = wrk(url, args.seconds, args.connections)
+            elapsed = time.monotonic() - t0
+            rss = sum(p.memory_info().rss for p in procs if p.is_running())
+            cpu1 = cpu_seconds(procs)
+            print(f"with collector: {rate:,.0f} requests/s served ({total:,} requests)")
+            # let the collector finish what it holds, then stop it (it flushes)
+            time.sleep(3.0)
+            col.send_signal(signal.SIGTERM)
+            try:
+                col.wait(60)
+            except subprocess.TimeoutExpired:
+                print("collector did not stop within 60 s; its last log lines:")
+                print("\n".join((tmp / "collector.log").read_text().splitlines()[-8:])[-3000:])
+                col.kill()
+            err.close()
+            t1 = time.monotonic()
+            got = broker.consume_all("akto.api.logs", timeout=300, idle=5.0)
+            consumed = sum(1 for r in got if b"/api/items" in r.value)
+            drops = {}
+            import orjson
+            for line in (tmp / "collector.log").read_bytes().splitlines():
+                rec = orjson.loads(line)
+                if rec.get("event") == "stats_final":
+                    drops = rec.get("drops", {})
+            print(f"pairs delivered to the broker: {consumed:,} of {total:,} requests "
+                  f"({consumed / elapsed:,.0f} pairs/s over the load window; lost {total - consumed:,}); "
+                  f"consumed back in {time.monotonic() - t1:.1f}s")
+            print(f"collector drop counters: {drops or 'none'}")
+            print(f"collector CPU during load: {(cpu1 - cpu0) / elapsed * 100:.0f}% of one core; "
+                  f"RSS {rss / 1e6:.0f} MB (supervisor + workers)")
+    finally:
+        nginx.terminate()
+        nginx.wait(5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
