@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--workers", default="2")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V", help="extra collector environment")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk missing: make test-deps installs it")
@@ -105,6 +106,7 @@ def main() -> None:
             env = dict(os.environ, AKTO_KAFKA_BROKER_MAL=broker.bootstrap, TRAFFIC_DISABLE_EGRESS="true",
                        AKTO_WORKERS=args.workers, AKTO_STATS_INTERVAL="2",
                        CAPTURE_ALL="false" if args.tls else "true")
+            env.update(kv.split("=", 1) for kv in args.env)
             err = open(tmp / "collector.log", "wb")
             col = subprocess.Popen([sys.executable, "-m", "akto_collector", "run"], cwd=REPO, env=env,
                                    stdout=subprocess.DEVNULL, stderr=err)
