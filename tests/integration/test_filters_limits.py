@@ -73,8 +73,9 @@ def test_max_active_conn_refuses_and_counts(start_collector, app):
     rss_before = sum(p.memory_info().rss for p in [psutil.Process(c.proc.pid)] + psutil.Process(c.proc.pid).children())
     for s in socks:
         s.close()
-    rec = c.wait_log("stats", pred=lambda r: r["counters"].get("kernel.dropped.conn_table_full", 0) > 0)
-    assert rec["counters"]["kernel.dropped.conn_table_full"] >= 40
+    # 100 sockets (both ends are traced) against a table of 5: most calls are refused, and counted
+    rec = c.wait_log("stats", pred=lambda r: r["counters"].get("kernel.dropped.conn_table_full", 0) >= 40)
+    assert rec["counters"].get("pairs", 0) <= 10
     # existing connections keep working and new ones work once old ones closed
     curl(app.port, "/cap/after")
     assert c.wait_pairs(lambda p: p["path"] == "/cap/after")
@@ -90,3 +91,11 @@ def test_inactive_connection_is_expired(start_collector, app):
     assert rec["counters"]["worker.expired_connections"] >= 1
     s.close()
     assert not [p for p in c.read_pairs() if p["path"] == "/slow"]
+
+
+def test_memory_threshold_restarts_in_place(start_collector, app):
+    c = start_collector({"AKTO_MEM_THRESH_RESTART": "1"})
+    c.wait_log("memory_restart", timeout=30)
+    c.wait_log("starting", timeout=60, pred=lambda r: r.get("restarts", 0) >= 1)
+    c.wait_log("ready", timeout=60, pred=lambda r: sum(1 for x in c.logs() if x.get("event") == "ready") >= 2)
+    assert c.proc.poll() is None  # the same process, exec'ed afresh
