@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import deque
+from itertools import repeat
 
 try:  # br is undone only where the library is installed
     import brotli
@@ -62,6 +63,7 @@ _START_PREFIX_B = re.compile(
 _REQUEST_LINE = re.compile(r"([" + _TCHARS.decode() + r"]+) +([^\x00-\x20\x7f]+) +(HTTP/1\.[0-9])")
 _STATUS_LINE = re.compile(r"(HTTP/1\.[0-9]) +([0-9]{3})(?: +(.*))?")
 _CHUNK_SIZE_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\n]*)?\r?\Z")
+_HEX_DIGITS = b"0123456789ABCDEFabcdef"
 
 _MAX_CHUNK_LINE = 4096  # a chunk-size line with extensions longer than this is garbage
 _MAX_ALTS = 32  # candidate line starts remembered inside a held partial line
@@ -546,9 +548,16 @@ class MessageReader:
         self._line_ok = False
         raw = b[i:e]
         msg_ts = self._buf_ts if i < old else ts
-        if self._parse_head(raw, msg_ts):
-            return body
-        return self._malformed(body)
+        if not self._parse_head(raw, msg_ts):
+            return self._malformed(body)
+        rem = self._remaining
+        if self._state == _LENGTH and rem <= n - body and rem <= self._limits.max_body_bytes:
+            # The whole Content-Length body is here too (the usual case: a
+            # message in one syscall): hand it on now, not via the loop and _take.
+            end = body + rem
+            self._finish(self._msg, b[body:end], rem)
+            return end
+        return body
 
     def _parse_head(self, raw, ts: float) -> bool:
         """Parse a head (start line and fields, no final empty line) and set up the body."""
@@ -558,12 +567,18 @@ class MessageReader:
             text = raw.decode("latin-1")  # obs-text: keep every byte as a character
         lines = text.split("\n")
         first = lines[0].rstrip("\r")
-        if "\n " in text or "\n\t" in text:
+        # obs-fold lines begin with SP or HTAB, both of which sort before "!":
+        # one C-level min() rules them out more cheaply than two searches.
+        if min(lines) < "!" and ("\n " in text or "\n\t" in text):
             headers = _parse_fields(text[len(lines[0]) + 1:])
         else:
             del lines[0]
-            fields = [line.partition(":") for line in lines]
-            headers = [(f[0], f[2].strip(" \t\r")) for f in fields if f[1]]
+            # One pass, partition mapped in C: a line without ":" is not a field.
+            headers = [
+                (name, value.strip(" \t\r"))
+                for name, sep, value in map(str.partition, lines, repeat(":", len(lines)))
+                if sep
+            ]
         cl = None
         chunked = False
         coding = ""
@@ -657,10 +672,14 @@ class MessageReader:
             if n - i > _MAX_CHUNK_LINE:
                 return self._malformed(i)
             return ~i
-        m = _CHUNK_SIZE_LINE.match(b, i, e)
-        if m is None:
-            return self._malformed(i)
-        size = int(m[1], 16)
+        line = b[i:e - 1] if e > i and b[e - 1] == 13 else b[i:e]
+        if 0 < len(line) <= 16 and not line.strip(_HEX_DIGITS):
+            size = int(line, 16)  # the usual "1a3\r\n": hex digits only, no regex needed
+        else:
+            m = _CHUNK_SIZE_LINE.match(b, i, e)
+            if m is None:
+                return self._malformed(i)
+            size = int(m[1], 16)
         if size:
             self._state = _CHUNK_DATA
             self._remaining = size
@@ -723,7 +742,10 @@ class MessageReader:
             self._line_ok = False
             return
         parts = self._parts
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._finish(msg, parts[0] if len(parts) == 1 else b"".join(parts), self._size)
+
+    def _finish(self, msg, body, size: int) -> None:
+        """Hand on ``msg`` (the message in progress) with its body, ``size`` bytes on the wire."""
         if type(body) is not bytes:
             body = bytes(body)
         cut = self._cut
@@ -731,7 +753,7 @@ class MessageReader:
             body, cut = _decode_body(body, self._coding, self._limits.max_body_bytes, cut, self._counters)
         msg.body = body
         msg.body_cut = cut
-        msg.body_size = self._size
+        msg.body_size = size
         if cut:
             self._counters["http.body_cut"] += 1
         is_req = self._is_req
@@ -831,6 +853,16 @@ def _decode_body(body: bytes, coding: str, limit: int, cut: bool, counters) -> t
 
 
 def _inflate(data: bytes, wbits: int, limit: int) -> tuple[bytes, bool]:
+    if len(data) <= _DECODE_STEP:
+        # The usual body: small, one member, within the limit: one call. Any
+        # other outcome is redone below (an error would recur identically).
+        d = zlib.decompressobj(wbits)
+        try:
+            o = d.decompress(data, limit)
+        except zlib.error:
+            raise _Corrupt(b"") from None
+        if d.eof and not d.unused_data and len(o) < limit:
+            return o, False
     out: list[bytes] = []
     got = 0
     rest = data

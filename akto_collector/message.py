@@ -20,39 +20,90 @@ _JOINERS = {"set-cookie": "\n", "cookie": "; "}
 
 _CUT_MARK = "akto-collector: body cut, {kept} of {size} bytes captured, JSON not shown"
 
+_dumps = orjson.dumps
+
+# The message after the per-pair head (path ... status, its closing brace
+# removed): orjson's compact output, so the value equals orjson.dumps of the
+# whole message as one dict.
+_TEMPLATE = (
+    b'%b,%b,"time":"%d",%b,"requestPayloadCut":"%b","responsePayloadCut":"%b",'
+    b'"requestPayloadSize":"%d","responsePayloadSize":"%d","tls":"%b"}'
+)
+_TRUE = b"true"
+_FALSE = b"false"
+_MAX_CONNS = 4096  # cached connections' constant fields; beyond, the cache starts afresh
+
 
 class MessageEncoder:
-    """Encodes an ``Exchange`` into (Kafka key, JSON value) bytes."""
+    """Encodes an ``Exchange`` into (Kafka key, JSON value) bytes.
 
-    __slots__ = ("_account_id", "_vxlan_id", "_daemonset_id")
+    The value is byte for byte what ``orjson.dumps`` gives for the message as
+    a dict of strings (in the order of akto-message.md), built in three
+    pieces because most of it does not change within a connection: the
+    per-pair strings go through one ``orjson.dumps``, the connection's
+    constant fields are serialized once per connection and cached.
+    """
+
+    __slots__ = ("_account_id", "_vxlan_id", "_daemonset_id", "_conns")
 
     def __init__(self, account_id: str = "1000000", vxlan_id: str = "0", daemonset_id: str = ""):
         self._account_id = str(account_id)
         self._vxlan_id = str(vxlan_id)
         self._daemonset_id = str(daemonset_id)
+        # (pid, fd, comm, local, peer, client) -> (tags, kafka key, ip fields, middle fields);
+        # keyed by value, not by the ConnMeta object, because the worker fills
+        # a ConnMeta in place as it learns more about the connection.
+        self._conns: dict[tuple, tuple[dict, bytes, bytes, bytes]] = {}
 
     def encode(self, exchange: Exchange, meta: ConnMeta) -> tuple[bytes, bytes]:
         """Key: the client's IP (no port). Value: the message as UTF-8 JSON."""
         req = exchange.request
         resp = exchange.response
         client = exchange.role == ROLE_CLIENT
-        req_headers = header_map(req.headers)
-        if "host" not in req_headers:
-            req_headers["host"] = _default_host(req.target, meta.peer if client else meta.local)
-        ts = req.ts or resp.ts
-        msg = {
+        req_headers, host = _fields(req.headers)
+        if host is not None:
+            req_json = _rename_host(_dumps(req_headers), host)
+        else:
+            if "host" not in req_headers:
+                req_headers["host"] = _default_host(req.target, meta.peer if client else meta.local)
+            req_json = _dumps(req_headers)
+        resp_headers = header_map(resp.headers)
+        status = resp.status
+        head = _dumps({
             "path": req.target,
             "method": req.method,
             "type": req.version,
-            "requestHeaders": orjson.dumps(req_headers).decode(),
-            "responseHeaders": orjson.dumps(header_map(resp.headers)).decode(),
+            "requestHeaders": req_json.decode(),
+            "responseHeaders": _dumps(resp_headers).decode(),
             "requestPayload": payload_text(req.body, req.body_cut, req.body_size),
             "responsePayload": payload_text(resp.body, resp.body_cut, resp.body_size),
-            "statusCode": str(resp.status),
-            "status": f"{resp.status} {resp.reason}" if resp.reason else str(resp.status),
-            "ip": meta.peer,
-            "destIp": meta.local,
-            "time": str(int(ts)),
+            "statusCode": str(status),
+            "status": f"{status} {resp.reason}" if resp.reason else str(status),
+        })
+        cid = (meta.pid, meta.fd, meta.comm, meta.local, meta.peer, client)
+        conn = self._conns.get(cid)
+        if conn is None or conn[0] != meta.tags:
+            conn = self._conn_fields(meta, client)
+            if len(self._conns) >= _MAX_CONNS:
+                self._conns.clear()
+            self._conns[cid] = conn
+        value = _TEMPLATE % (
+            memoryview(head)[:-1],  # without its closing brace (a view: no copy)
+            conn[2],
+            int(req.ts or resp.ts),
+            conn[3],
+            _TRUE if req.body_cut else _FALSE,
+            _TRUE if resp.body_cut else _FALSE,
+            req.body_size,
+            resp.body_size,
+            _TRUE if exchange.tls else _FALSE,
+        )
+        return conn[1], value
+
+    def _conn_fields(self, meta: ConnMeta, client: bool) -> tuple[dict, bytes, bytes, bytes]:
+        """The fields constant on a connection, as serialized JSON members (no braces)."""
+        ip = _dumps({"ip": meta.peer, "destIp": meta.local})[1:-1]
+        middle = _dumps({
             "direction": "2" if client else "1",
             "is_pending": "false",
             "source": "MIRRORING",
@@ -62,15 +113,10 @@ class MessageEncoder:
             "socket_id": str(meta.fd),
             "process_name": meta.comm,
             "daemonset_id": self._daemonset_id,
-            "tag": orjson.dumps(meta.tags).decode() if meta.tags else "{}",
-            "requestPayloadCut": "true" if req.body_cut else "false",
-            "responsePayloadCut": "true" if resp.body_cut else "false",
-            "requestPayloadSize": str(req.body_size),
-            "responsePayloadSize": str(resp.body_size),
-            "tls": "true" if exchange.tls else "false",
-        }
+            "tag": _dumps(meta.tags).decode() if meta.tags else "{}",
+        })[1:-1]
         key = _ip_only(meta.local if client else meta.peer).encode()
-        return key, orjson.dumps(msg)
+        return dict(meta.tags or {}), key, ip, middle
 
 
 def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -80,15 +126,39 @@ def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
     ``host``. Names differing only in case are one field; repeated values are
     joined with ", " ("\\n" for Set-Cookie, "; " for Cookie).
     """
+    out, host = _fields(headers)
+    if host is not None:
+        out = {("host" if k == host else k): v for k, v in out.items()}
+    return out
+
+
+def _fields(headers: list[tuple[str, str]]) -> tuple[dict[str, str], str | None]:
+    """``header_map`` but for one step: Host may still be under the name it was sent as.
+
+    That name (e.g. "Host") is returned when it is not "host" and still needs
+    renaming. A dict cannot rename a key in place, and the usual request (no
+    repeats, "Host") would need a second dict just for that; the encoder
+    renames it in the serialized JSON instead.
+    """
     out = dict(headers)
-    if len(out) == len(headers):
+    n = len(out)
+    if n == len(headers):
         # Fast path: no name repeated exactly; check case-insensitively too.
-        lows = {name.lower(): name for name in out}
-        if len(lows) == len(out):
-            host = lows.get("host")
-            if host is not None and host != "host":
-                out = {("host" if k == host else k): v for k, v in out.items()}
-            return out
+        joined = "\n".join(out)
+        if joined.isascii() and (joined.islower() or (raw := joined.encode()).title() == raw):
+            # All names lower-case, or all Title-Case ("X-Request-Id"): for
+            # ASCII, names differing only in case would then be equal, so none
+            # repeats, and Host can only be spelt "host" or "Host". One call
+            # over all names is cheaper than lower-casing each (bytes.title:
+            # str.title has no ASCII fast path).
+            return out, ("Host" if "Host" in out else None)
+        lows = set(map(str.lower, out))
+        if len(lows) == n:
+            if "host" in out or "host" not in lows:
+                return out, None
+            if "Host" in out:
+                return out, "Host"
+            return out, next(k for k in out if k.lower() == "host")
     out = {}
     keys: dict[str, str] = {}  # lower-cased name -> key used in out
     for name, value in headers:
@@ -100,7 +170,20 @@ def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
             out[key] = value
         else:
             out[key] = out[key] + _JOINERS.get(low, ", ") + value
-    return out
+    return out, None
+
+
+def _rename_host(doc: bytes, host: str) -> bytes:
+    """Rename the key ``host`` (e.g. "Host") of a serialized header map to "host".
+
+    Only ASCII letters lower-case to "host", so the key is written as is. A
+    key starts right after "{" or ",": inside a JSON string a quote is always
+    escaped, so neither pair occurs there, and the match is the key itself.
+    """
+    key = b'"%s":' % host.encode()
+    if doc.startswith(key, 1):
+        return b'{"host":' + doc[len(key) + 1:]
+    return doc.replace(b"," + key, b',"host":', 1)
 
 
 def payload_text(body: bytes, cut: bool, size: int) -> str:

@@ -106,7 +106,7 @@ def run(name: str, request: bytes, response: bytes, seconds: float, rounds: int 
     best, median = rates[-1], rates[len(rates) // 2]
     drops = dict(counters)
     print(
-        f"{name:<44} best {best:>9,.0f}  median {median:>9,.0f} pairs/s"
+        f"{name:<44} best {best:>9,.0f}  median {median:>9,.0f} pairs/s ({1e6 / best:.1f} µs/pair)"
         f"  ({len(request)} B request, {len(response)} B response)" + (f"  counters={drops}" if drops else "")
     )
     return best

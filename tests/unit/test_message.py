@@ -135,3 +135,71 @@ def test_golden_messages(name):
 def test_value_is_orjson_utf8():
     _, value = ENC.encode(ex(resp_body="caf\u00e9 \u2713".encode()), META)
     assert orjson.loads(value)["responsePayload"] == "caf\u00e9 \u2713"
+
+
+def reference_encode(enc: MessageEncoder, x: Exchange, meta: ConnMeta) -> tuple[bytes, bytes]:
+    """The message as one plain dict through one orjson.dumps: what the encoder's pieces must add up to."""
+    from akto_collector.message import _default_host, _ip_only, payload_text
+
+    req, resp = x.request, x.response
+    client = x.role == ROLE_CLIENT
+    req_headers = header_map(req.headers)
+    if "host" not in req_headers:
+        req_headers["host"] = _default_host(req.target, meta.peer if client else meta.local)
+    msg = {
+        "path": req.target, "method": req.method, "type": req.version,
+        "requestHeaders": orjson.dumps(req_headers).decode(),
+        "responseHeaders": orjson.dumps(header_map(resp.headers)).decode(),
+        "requestPayload": payload_text(req.body, req.body_cut, req.body_size),
+        "responsePayload": payload_text(resp.body, resp.body_cut, resp.body_size),
+        "statusCode": str(resp.status),
+        "status": f"{resp.status} {resp.reason}" if resp.reason else str(resp.status),
+        "ip": meta.peer, "destIp": meta.local, "time": str(int(req.ts or resp.ts)),
+        "direction": "2" if client else "1", "is_pending": "false", "source": "MIRRORING",
+        "akto_account_id": enc._account_id, "akto_vxlan_id": enc._vxlan_id,
+        "process_id": str(meta.pid), "socket_id": str(meta.fd), "process_name": meta.comm,
+        "daemonset_id": enc._daemonset_id, "tag": orjson.dumps(meta.tags).decode() if meta.tags else "{}",
+        "requestPayloadCut": "true" if req.body_cut else "false",
+        "responsePayloadCut": "true" if resp.body_cut else "false",
+        "requestPayloadSize": str(req.body_size), "responsePayloadSize": str(resp.body_size),
+        "tls": "true" if x.tls else "false",
+    }
+    return _ip_only(meta.local if client else meta.peer).encode(), orjson.dumps(msg)
+
+
+ODD_META = ConnMeta(pid=1, fd=3, comm='we"ird\\ \x01 caf\u00e9', local="[::1]:8080", peer="[fe80::1]:5000",
+                    tags={"k": 'v"\\\n'})
+
+
+@pytest.mark.parametrize("headers", [
+    [("Host", "svc"), ("Accept", "*/*")],
+    [("Accept", "*/*"), ("HoSt", "svc")],
+    [("host", "svc"), ("x-a", "1")],
+    [("X-A", "1"), ("Host", "h"), ("ETag", 'W/"x"'), ("X-B", "a\\b\x01")],
+    [("Host", "a"), ("host", "b"), ("Cookie", "a=1"), ("cookie", "b=2")],
+    [("a\"Host", "x"), ("Host", "y")],
+    [("X-\u00c9t\u00e9", "caf\u00e9"), ("Host", "h")],
+    [("Accept", "a")],
+    [],
+])
+def test_value_is_byte_identical_to_one_dict_through_orjson(headers):
+    """The encoder builds the value from cached and per-pair pieces; it must equal the plain dict's bytes."""
+    enc = MessageEncoder(account_id="1000000", vxlan_id="0", daemonset_id='ds-"q"')
+    for role in (ROLE_SERVER, ROLE_CLIENT):
+        for meta in (META, ODD_META, META):  # META twice: the second use hits the per-connection cache
+            x = ex(role=role, req_headers=headers, req_body=b'{"a": "\\"q\\""}', resp_body=b"\xff\n\t{}")
+            assert enc.encode(x, meta) == reference_encode(enc, x, meta)
+    meta = ConnMeta(pid=9, fd=9, local="10.0.0.1:1", peer="10.0.0.2:2", tags={"a": "1"})
+    x = ex(req_headers=headers)
+    assert enc.encode(x, meta) == reference_encode(enc, x, meta)
+    meta.tags["a"] = "2"  # the worker may update a ConnMeta in place
+    meta.comm = "renamed"
+    assert enc.encode(x, meta) == reference_encode(enc, x, meta)
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_recorded_streams_byte_identical_to_one_dict_through_orjson(name):
+    out, _, _ = run(load(name))
+    for x in out:
+        for meta in (META, ODD_META):
+            assert ENC.encode(x, meta) == reference_encode(ENC, x, meta), name
