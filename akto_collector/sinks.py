@@ -334,6 +334,42 @@ def _close_producer(producer: Any, timeout: float) -> None:
         producer._closed = True  # stop __del__ from raising at interpreter exit
 
 
+# send() wakes kafka-python's sender thread (a byte on a socketpair) for every
+# message appended while a partition has a batch ready, which under load is
+# most of them; each wake-up is a syscall and lets the sender thread take the
+# GIL. The hand-over wakes it for the first ready batch, then at most once
+# per this many messages, and at its end.
+_WAKEUP_EVERY = 64
+
+
+def _fast_append(producer: Any) -> Any:
+    """``(accumulator.append, sender.wakeup)`` of a kafka-python 3.0 producer, or None.
+
+    KafkaProducer.send() spends about a third of its time on checks that
+    hold for every message we give it (types, headers, metadata present,
+    partition valid, size: the caller ensures these) and on a debug log
+    line that formats the producer every time. What remains is the
+    accumulator append and waking the sender thread when a batch is ready
+    (see KafkaSink._hand_over). These are kafka-python internals, so they
+    are only used when they look as expected (3.0's signature), and never
+    for a transactional producer; otherwise the caller uses send().
+    """
+    import inspect
+
+    try:
+        accumulator = producer._accumulator
+        wakeup = producer._sender.wakeup
+        params = list(inspect.signature(accumulator.append).parameters)
+        manager = getattr(producer, "_transaction_manager", None)
+        if manager is not None and manager.is_transactional():
+            return None
+    except Exception:
+        return None
+    if params[:5] != ["tp", "timestamp_ms", "key", "value", "headers"] or "abort_on_new_batch" not in params:
+        return None
+    return accumulator.append, wakeup
+
+
 def producer_config(settings: Any, idempotence: bool = True) -> dict[str, Any]:
     """KafkaProducer keyword arguments built from settings (exposed for docs and tests)."""
     brokers = parse_brokers(getattr(settings, "kafka_brokers", ()))
@@ -431,6 +467,12 @@ class KafkaSink:
         self._inflight: deque[tuple[Any, bytes, bytes, float]] = deque()  # (future, key, value, handed at)
         self._inflight_bytes = 0
         self._last_ack = 0.0  # monotonic time of the latest acknowledgement
+        self._partitions: list[int] = []  # the topic's partitions, sorted
+        self._tps: list[Any] = []  # their TopicPartitions
+        self._partition_of: dict[bytes, Any] = {}  # key -> TopicPartition (see _partition_for)
+        self._append: Any = None  # per producer: _fast_append(producer), or False
+        # Larger messages go through producer.send(), which checks max_request_size.
+        self._fast_limit = self._config["max_request_size"] - 1024
 
         self._producer: Any = None
         self._idempotence = True
@@ -612,23 +654,82 @@ class KafkaSink:
 
         producer, topic, pending, inflight = self._producer, self.topic, self._pending, self._inflight
         cap = self._inflight_cap
+        if not pending or self._inflight_bytes >= cap:
+            return
+        try:
+            # Blocks (as send() would) only while the topic has no metadata.
+            partition_of = self._partitions_of(producer.partitions_for(topic))
+        except Exception as exc:  # metadata unavailable, producer closed under us
+            self._reset_producer(exc)
+            return
+        if self._append is None:
+            self._append = _fast_append(producer) or False
+        fast, wakeup = self._append or (None, None)
+        send, popleft, push = producer.send, pending.popleft, inflight.append
+        small = self._fast_limit
+        handed = 0
+        since_wakeup = _WAKEUP_EVERY  # the first ready batch wakes the sender at once
+        ready = False
         while pending and self._inflight_bytes < cap:
             key, value = pending[0]
+            size = len(key) + len(value)
             try:
-                future = producer.send(topic, value=value, key=key or None)
+                if not key:
+                    future = send(topic, value=value)  # kafka-python picks the partition
+                else:
+                    tp = partition_of.get(key) or self._partition_for(key)
+                    if fast is not None and size <= small:
+                        future, batch_is_full, new_batch, _ = fast(tp, None, key, value, [])
+                        since_wakeup += 1
+                        if batch_is_full or new_batch:
+                            ready = True
+                            if since_wakeup >= _WAKEUP_EVERY:
+                                wakeup()
+                                since_wakeup = ready = 0
+                    else:
+                        future = send(topic, value=value, key=key, partition=tp.partition)
             except errors.MessageSizeTooLargeError as exc:
-                pending.popleft()
-                self._pending_bytes -= len(key) + len(value)
+                popleft()
+                self._pending_bytes -= size
                 self._reject(exc)
                 continue
             except Exception as exc:  # producer in a fatal state or closed under us
+                self._pending_bytes -= handed
                 self._reset_producer(exc)
                 return
-            pending.popleft()
-            size = len(key) + len(value)
-            self._pending_bytes -= size
+            popleft()
+            handed += size
             self._inflight_bytes += size
-            inflight.append((future, key, value, now))
+            push((future, key, value, now))
+        self._pending_bytes -= handed
+        if ready:
+            wakeup()
+
+    def _partitions_of(self, partitions: Any) -> dict[bytes, Any]:
+        """The key -> TopicPartition cache, emptied when the topic's partitions change."""
+        ordered = sorted(partitions)
+        if ordered != self._partitions:
+            from kafka.structs import TopicPartition
+
+            self._partitions = ordered
+            self._tps = [TopicPartition(self.topic, p) for p in ordered]
+            self._partition_of = {}
+        return self._partition_of
+
+    def _partition_for(self, key: bytes) -> Any:
+        """kafka-python's DefaultPartitioner for a key (murmur2, as Java), remembered.
+
+        Keys are client IPs, so there are few distinct ones: murmur2 in pure
+        Python (~1.5 us) and the partitioner's set and list building run
+        once per key instead of once per message, with the same result.
+        """
+        from kafka.partitioner.default import murmur2
+
+        tp = self._tps[(murmur2(key) & 0x7FFFFFFF) % len(self._tps)]
+        if len(self._partition_of) >= 65536:  # bounded, e.g. during a scan from many source IPs
+            self._partition_of.clear()
+        self._partition_of[key] = tp
+        return tp
 
     def _check_stall(self, now: float) -> None:
         # Waiting since the oldest hand-over or the latest acknowledgement,
@@ -663,6 +764,7 @@ class KafkaSink:
         from kafka import errors
 
         producer, self._producer = self._producer, None
+        self._append = None
         if producer is not None:
             _close_producer(producer, 0)
         retry = list(earlier or ())

@@ -85,24 +85,52 @@ def own_broker():
         yield b
 
 
-def test_messages_arrive_with_key_and_value_in_order(broker):
+@pytest.mark.parametrize("path", ["accumulator", "send"])
+def test_messages_arrive_with_key_and_value_in_order(broker, path):
+    """Both hand-over paths: the lean accumulator append and plain KafkaProducer.send()."""
+    from kafka.partitioner.default import murmur2
+
+    topic = f"order-{path}"
     counters = Counter()
-    sink = make_sink(settings(broker.bootstrap, kafka_topic="order"), counters=counters, max_buffer_bytes=64 << 20)
+    sink = make_sink(settings(broker.bootstrap, kafka_topic=topic), counters=counters, max_buffer_bytes=64 << 20)
     assert isinstance(sink, KafkaSink)
     n = 3000
     for i in range(n):
         sink.send(*message(i))
         if i % 100 == 0:
             sink.poll()
+            if path == "send":
+                sink._append = False
+            else:
+                assert sink._producer is None or sink._append, "kafka-python internals not as expected"
     sink.flush(30)
     assert sink.state == "connected"
     assert counters["sink.sent"] == counters["sink.delivered"] == n
+    partitions = len(sink._partitions)
     sink.close(5)
 
-    records = broker.consume_all("order", expect=n)
+    records = broker.consume_all(topic, expect=n)
     assert_exactly(records, list(range(n)))
     for r in records:
         assert (r.key, r.value) == message(seq(r.value))
+        # the partition kafka-python's default partitioner picks (murmur2, as in Java)
+        assert r.partition == (murmur2(r.key) & 0x7FFFFFFF) % partitions
+
+
+def test_too_large_message_is_refused_and_counted_the_rest_delivered(broker):
+    counters = Counter()
+    sink = KafkaSink(settings(broker.bootstrap, kafka_topic="large"), counters=counters)
+    sink.send(*message(0))
+    sink.send(b"10.0.0.1", b"x" * (2 << 20))  # above max_request_size (1 MiB)
+    sink.send(b"", message(1)[1])  # no key: kafka-python picks the partition
+    sink.send(*message(2))
+    with capture_logs() as logs:
+        sink.flush(30)
+    sink.close(5)
+    assert counters["sink.dropped.error"] == 1
+    assert counters["sink.delivered"] == 3
+    assert [e["event"] for e in logs].count("kafka rejected a message") == 1
+    assert sorted(seq(r.value) for r in broker.consume_all("large", expect=3)) == [0, 1, 2]
 
 
 def test_outage_delivers_everything_once_in_order(own_broker):

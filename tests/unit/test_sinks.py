@@ -211,3 +211,165 @@ def test_heartbeat_without_brokers_is_a_no_op():
     hb.poll()
     hb.close(0)
     assert not counters
+
+
+# --------------------------------------------------------------------------- Kafka hand-over (fake producer)
+
+
+class _FakeFuture:
+    is_done = False
+    exception = None
+
+
+class _FakeAccumulator:
+    def __init__(self):
+        self.appended = []
+        self.batches: dict = {}
+
+    def append(self, tp, timestamp_ms, key, value, headers, now=None, abort_on_new_batch=False):
+        self.appended.append((tp, key, value))
+        n = self.batches[tp] = self.batches.get(tp, 0) + 1
+        return _FakeFuture(), n % 3 == 0, n == 1, False  # full every 3rd, new on the first
+
+
+class _FakeProducer:
+    """What KafkaSink._hand_over uses of a kafka-python 3.0 KafkaProducer."""
+
+    def __init__(self, partitions=(0, 1, 2, 3), fail_on=None):
+        self.partitions = set(partitions)
+        self.sent = []
+        self.fail_on = fail_on
+        self._accumulator = _FakeAccumulator()
+        self._sender = types.SimpleNamespace(wakeups=0)
+        self._sender.wakeup = lambda: setattr(self._sender, "wakeups", self._sender.wakeups + 1)
+        self._transaction_manager = None
+
+    def partitions_for(self, topic):
+        return set(self.partitions)
+
+    def send(self, topic, value=None, key=None, partition=None):
+        from kafka import errors
+
+        if self.fail_on is not None and value == self.fail_on:
+            raise errors.IllegalStateError("producer closed")
+        if len(value) > 1000:
+            raise errors.MessageSizeTooLargeError("too large")
+        self.sent.append((partition, key, value))
+        return _FakeFuture()
+
+    def close(self, timeout=None):
+        pass
+
+
+def _connected_sink(producer, **kwargs):
+    sink = KafkaSink(
+        settings(kafka_brokers=(f"127.0.0.1:{closed_port()}",), kafka_topic="t"), max_buffer_bytes=1 << 20, **kwargs
+    )
+    sink._producer = producer
+    sink._connect_thread = None
+    sink.state = "connected"
+    return sink
+
+
+def test_partition_cache_matches_kafka_python_default_partitioner():
+    from kafka.partitioner.default import DefaultPartitioner
+
+    keys = [b"10.0.%d.%d" % (i % 7, i) for i in range(300)] + [b"x", b"::1", b"127.0.0.1"]
+    for n in (1, 2, 3, 4, 7, 12):
+        producer = _FakeProducer(partitions=range(n))
+        sink = _connected_sink(producer)
+        for key in keys:
+            sink.send(key, b"v")
+        sink.poll()
+        cluster = types.SimpleNamespace(
+            topics=lambda: {"t"}, partitions_for_topic=lambda t: set(range(n)),
+            available_partitions_for_topic=lambda t: set(range(n)),
+        )
+        want = [DefaultPartitioner().partition("t", k, k, b"v", b"v", cluster) for k in keys]
+        got = [tp.partition for tp, _k, _v in producer._accumulator.appended]
+        assert got == want, n
+        assert all(tp.topic == "t" for tp, _k, _v in producer._accumulator.appended)
+
+
+def test_partition_cache_follows_a_partition_count_change():
+    producer = _FakeProducer(partitions=range(2))
+    sink = _connected_sink(producer)
+    sink.send(b"10.0.0.9", b"v")
+    sink.poll()
+    producer.partitions = set(range(5))
+    sink.send(b"10.0.0.9", b"v")
+    sink.poll()
+    assert sink._partitions == [0, 1, 2, 3, 4]
+    assert set(sink._partition_of) == {b"10.0.0.9"}
+    assert sink._partition_of[b"10.0.0.9"].partition in range(5)
+
+
+def test_hand_over_fast_path_and_send_fallbacks():
+    producer = _FakeProducer()
+    counters = Counter()
+    sink = _connected_sink(producer, counters=counters)
+    sink._fast_limit = 500  # larger messages go through send(), which checks the size
+    sink.send(b"10.0.0.1", b"a" * 10)  # keyed, small: accumulator
+    sink.send(b"", b"b" * 10)  # no key: send() lets kafka-python pick the partition
+    sink.send(b"10.0.0.1", b"c" * 600)  # above the fast limit: send() with our partition
+    sink.send(b"10.0.0.1", b"d" * 2000)  # refused by send(): counted, not retried
+    sink.send(b"10.0.0.2", b"e" * 10)
+    sink.poll()
+    assert [v[:1] for _tp, _k, v in producer._accumulator.appended] == [b"a", b"e"]
+    assert [(p is None, k, v[:1]) for p, k, v in producer.sent] == [(True, None, b"b"), (False, b"10.0.0.1", b"c")]
+    assert producer.sent[1][0] == sink._partition_of[b"10.0.0.1"].partition
+    # a new batch wakes the sender: at once for the first, at the end of the hand-over for the rest
+    assert producer._sender.wakeups == len({tp for tp, _k, _v in producer._accumulator.appended})
+    assert counters["sink.dropped.error"] == 1
+    assert [v[:1] for _f, _k, v, _t in sink._inflight] == [b"a", b"b", b"c", b"e"]
+    assert sink._pending_bytes == 0
+    assert sink._inflight_bytes == sum(len(k) + len(v) for _f, k, v, _t in sink._inflight)
+
+
+def test_hand_over_failure_requeues_in_order_with_exact_bytes():
+    producer = _FakeProducer(fail_on=b"x" * 11)
+    counters = Counter()
+    sink = _connected_sink(producer, counters=counters)
+    sink._append = False  # send() for everything, as with a kafka-python without the expected internals
+    values = [b"v" * 10, b"w" * 10, b"x" * 11, b"y" * 10]
+    for v in values:
+        sink.send(b"k", v)
+    sink.poll()
+    assert sink._producer is None and sink.state == "disconnected"
+    assert [v for _k, v in sink._pending] == values  # the two handed over came back in front
+    assert sink._pending_bytes == sum(1 + len(v) for v in values)
+    assert sink._inflight_bytes == 0 and not sink._inflight
+    assert counters["sink.retried"] == 2
+    sink.close(0)
+
+
+def test_fast_append_only_for_the_expected_internals():
+    from akto_collector.sinks import _fast_append
+
+    assert _fast_append(object()) is None
+    old = _FakeProducer()
+    old._accumulator.append = lambda tp, timestamp_ms, key, value, headers, max_time_to_block_ms, estimated_size=0: None
+    assert _fast_append(old) is None  # kafka-python 2.x signature
+    transactional = _FakeProducer()
+    transactional._transaction_manager = types.SimpleNamespace(is_transactional=lambda: True)
+    assert _fast_append(transactional) is None
+    producer = _FakeProducer()
+    assert _fast_append(producer) == (producer._accumulator.append, producer._sender.wakeup)
+
+
+def test_hand_over_wakes_the_sender_for_the_first_ready_batch_then_sparingly():
+    from akto_collector.sinks import _WAKEUP_EVERY
+
+    producer = _FakeProducer(partitions=[0])
+    sink = _connected_sink(producer)
+    n = 10 * _WAKEUP_EVERY
+    for i in range(n):
+        sink.send(b"k", b"%d" % i)
+    sink.poll()
+    assert len(producer._accumulator.appended) == n
+    # every 3rd append reports a full batch (as kafka-python does while one waits)
+    assert 2 <= producer._sender.wakeups <= n // _WAKEUP_EVERY + 2
+    sink.send(b"k", b"one more")  # wakes the sender only if the fake calls its batch full
+    before = producer._sender.wakeups
+    sink.poll()
+    assert producer._sender.wakeups == before + (len(producer._accumulator.appended) % 3 == 0)
