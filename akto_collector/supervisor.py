@@ -54,6 +54,7 @@ class WorkerHandle:
         report_tx.close()
         self.queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
         self.dropped = 0  # records lost because this worker's queue was full
+        self.dropped_at_stop = 0  # batches dropped to make room for the stop order
         self.last_report: dict = {}
         self.last_seen = time.monotonic()
         self.sender = threading.Thread(target=self._send_loop, name=f"sender-{index}", daemon=True)
@@ -88,11 +89,15 @@ class WorkerHandle:
             self.last_seen = time.monotonic()
 
     def stop(self) -> None:
-        """Ask the worker to flush and exit (an empty batch, after its data)."""
-        try:
-            self.queue.put(b"", timeout=1.0)
-        except queue.Full:
-            pass
+        """Ask the worker to flush and exit: an empty batch after its data. A
+        backlog it could not finish in time is dropped here, and counted."""
+        while self.queue.full():
+            try:
+                blob = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.dropped_at_stop += 1 if blob else 0
+        self.queue.put(b"")
 
 
 class Supervisor:
@@ -112,6 +117,7 @@ class Supervisor:
         self.restarts = int(os.environ.get("AKTO_COLLECTOR_RESTARTS", "0"))
         self.ctx = multiprocessing.get_context("spawn")
         self.stopping = False
+        self.shut_down = False
         self.heartbeat = None
 
     # -- signals: handlers only enqueue -------------------------------------
@@ -125,6 +131,20 @@ class Supervisor:
     # -- lifecycle -----------------------------------------------------------
     def run(self) -> int:
         self.install_signals()
+        try:
+            if not self.start():
+                return EXIT_PROBES_FAILED
+            self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid())
+            self.loop()
+        except bpf.ProbeError as exc:
+            self.log.error("probes_failed", error=str(exc))
+            return EXIT_PROBES_FAILED
+        finally:
+            self.shutdown()
+        return 0
+
+    def start(self) -> bool:
+        """Workers, probes, the first scan. False when the probes cannot load."""
         s = self.settings
         note = bpf.ensure_kernel_headers()
         if note:
@@ -151,12 +171,7 @@ class Supervisor:
             filter_tls_pids=not s.probe_all_pid,
         )
         t0 = time.monotonic()
-        try:
-            self.probes = bpf.Probes(opts, self.on_record)
-        except bpf.ProbeError as exc:
-            self.log.error("probes_failed", error=str(exc))
-            self.stop_workers()
-            return EXIT_PROBES_FAILED
+        self.probes = bpf.Probes(opts, self.on_record)
         self.probes.ignore_pid(os.getpid())
         for w in self.workers:
             self.probes.ignore_pid(w.pid)
@@ -168,12 +183,7 @@ class Supervisor:
             self.scan(None)  # before `ready`: what runs now is covered when we say so
             threading.Thread(target=self._scan_loop, name="scanner", daemon=True).start()
         self.heartbeat = self._make_heartbeat()
-        self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid())
-        try:
-            self.loop()
-        finally:
-            self.shutdown()
-        return 0
+        return True
 
     def loop(self) -> None:
         s = self.settings
@@ -219,6 +229,9 @@ class Supervisor:
     def shutdown(self) -> None:
         """Detach first (nothing of ours stays in the kernel), then let the
         workers finish what they hold and flush their sinks."""
+        if self.shut_down:
+            return
+        self.shut_down = True
         if self.probes is not None:
             self.probes.drain()
             self.flush_batches()
@@ -233,17 +246,20 @@ class Supervisor:
             self.heartbeat.close(timeout=2.0)
         self.log.info("stopped")
 
-    def stop_workers(self, timeout: float = 8.0) -> None:
+    def stop_workers(self, timeout: float = 7.0) -> None:
         for w in self.workers:
             w.stop()
         deadline = time.monotonic() + timeout
         for w in self.workers:
-            w.process.join(max(0.1, deadline - time.monotonic()))
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        for w in self.workers:
             w.read_reports()
             if w.process.is_alive():
-                self.log.warning("worker_kill", worker=w.index, pid=w.pid)
+                self.log.warning("worker_kill", worker=w.index, pid=w.pid, queued_batches=w.queue.qsize())
                 w.process.kill()
-                w.process.join(1.0)
+        for w in self.workers:
+            w.process.join(1.0)
+            self.counters["queue.dropped_batches_at_stop"] += w.dropped_at_stop
 
     # -- hot path: one call per ring buffer record --------------------------
     def on_record(self, raw: bytes) -> None:
@@ -272,11 +288,8 @@ class Supervisor:
             if w.process.is_alive():
                 if time.monotonic() - w.last_seen > WORKER_STALL_SECONDS:
                     self.log.error("worker_stalled", worker=i, pid=w.pid)
-                    w.process.terminate()
-                    w.process.join(2.0)
-                    if w.process.is_alive():
-                        w.process.kill()
-                        w.process.join(1.0)
+                    w.process.kill()  # workers ignore SIGTERM: only the supervisor stops them
+                    w.process.join(1.0)
                 else:
                     continue
             code = w.process.exitcode
@@ -292,7 +305,11 @@ class Supervisor:
             self.retired["queue.dropped_batches_on_restart"] += lost
             nw = WorkerHandle(i, self.settings, self.output, self.ctx)
             if self.probes is not None:
-                self.probes.ignore_pid(nw.pid)
+                try:
+                    self.probes.ignore_pid(nw.pid)
+                except Exception as exc:  # noqa: BLE001 (a full table must not stop the supervisor)
+                    self.counters["supervisor.ignore_pid_failed"] += 1
+                    self.log.error("ignore_pid_failed", pid=nw.pid, error=str(exc))
             self.workers[i] = nw
 
     # -- observability -------------------------------------------------------
@@ -369,6 +386,9 @@ class Supervisor:
         self.log.warning("memory_restart", rss_mb=round(rss / 1e6, 1),
                          threshold_mb=self.settings.mem_thresh_restart_mb)
         self.shutdown()
+        if self.signals or self.stopping:
+            self.stopping = True
+            return  # a SIGTERM came meanwhile: stop, do not restart
         env = dict(os.environ, AKTO_COLLECTOR_RESTARTS=str(self.restarts + 1))
         sys.stdout.flush()
         sys.stderr.flush()

@@ -66,6 +66,8 @@ class Worker:
         self.streams: dict[ConnId, ConnectionStream] = {}
         self.metas: dict[ConnId, ConnMeta] = {}
         self.role_hints: dict[ConnId, int] = {}
+        self.meta_seen: dict[ConnId, float] = {}  # last time a connection's metadata was used
+        self.by_tgid: dict[int, set[ConnId]] = {}  # for process exit
         # bpf_ktime_get_ns is CLOCK_MONOTONIC: one offset turns it into wall time.
         self.clock_offset = time.time() - time.monotonic()
 
@@ -83,33 +85,40 @@ class Worker:
             n += 1
             conn = ConnId(tgid, fd, gen)
             ts = ts_ns / 1e9 + self.clock_offset
-            if kind == KIND_DATA:
-                cs = streams.get(conn)
-                if cs is None:
-                    if len(streams) >= self.settings.max_active_conn:
-                        counters["worker.dropped.conn_limit"] += 1
+            try:
+                if kind == KIND_DATA:
+                    cs = streams.get(conn)
+                    if cs is None:
+                        if len(streams) >= self.settings.max_active_conn:
+                            counters["worker.dropped.conn_limit"] += 1
+                            continue
+                        cs = streams[conn] = ConnectionStream(conn, self.limits, counters,
+                                                              role_hint=self.role_hints.pop(conn, role))
+                        self.by_tgid.setdefault(tgid, set()).add(conn)
+                    if cs.finished:  # CONNECT/Upgrade: tunnel bytes until close
                         continue
-                    cs = streams[conn] = ConnectionStream(conn, self.limits, counters,
-                                                          role_hint=self.role_hints.pop(conn, role))
-                ev = DataEvent(conn, ts, direction, call_pos, total, offset, flags, blob[start:off])
-                if cs.finished:
-                    continue
-                for ex in cs.on_event(ev):
-                    self.emit(ex)
-            elif kind == KIND_ADDR or kind == KIND_OPEN:
-                self.on_address(conn, kind, role, blob[start:off])
-            elif kind == KIND_CLOSE:
-                self.close(conn, ts)
-            elif kind == KIND_EXIT:
-                for c in [c for c in streams if c.tgid == tgid]:
-                    self.close(c, ts)
+                    for ex in cs.on_event(DataEvent(conn, ts, direction, call_pos, total, offset, flags,
+                                                    blob[start:off])):
+                        self.emit(ex)
+                elif kind == KIND_ADDR or kind == KIND_OPEN:
+                    self.on_address(conn, kind, role, blob[start:off], ts)
+                elif kind == KIND_CLOSE:
+                    self.close(conn, ts)
+                elif kind == KIND_EXIT:
+                    for c in list(self.by_tgid.get(tgid, ())):
+                        self.close(c, ts)
+            except Exception as exc:  # noqa: BLE001 (one bad connection must not take the shard down)
+                counters["worker.error." + type(exc).__name__] += 1
+                self.forget(conn)
         counters["worker.records"] += n
 
-    def on_address(self, conn: ConnId, kind: int, role: int, payload: bytes) -> None:
+    def on_address(self, conn: ConnId, kind: int, role: int, payload: bytes, ts: float) -> None:
         family, sport, dport, _, saddr, daddr, comm = ADDR.unpack_from(payload)
         meta = self.metas.get(conn)
         if meta is None:
             meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd)
+            self.by_tgid.setdefault(conn.tgid, set()).add(conn)
+        self.meta_seen[conn] = ts
         meta.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
         if kind == KIND_OPEN:
             self.role_hints[conn] = role
@@ -124,8 +133,18 @@ class Worker:
         if cs is not None:
             for ex in cs.on_close(ts):
                 self.emit(ex)
+        self.forget(conn)
+
+    def forget(self, conn: ConnId) -> None:
+        self.streams.pop(conn, None)
         self.metas.pop(conn, None)
+        self.meta_seen.pop(conn, None)
         self.role_hints.pop(conn, None)
+        conns = self.by_tgid.get(conn.tgid)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_tgid[conn.tgid]
 
     def emit(self, ex) -> None:
         counters = self.counters
@@ -135,6 +154,7 @@ class Worker:
         meta = self.metas.get(ex.conn)
         if meta is None or not meta.local:
             meta = self._resolve(ex.conn, meta)
+        self.meta_seen[ex.conn] = ex.response.ts
         peer_ip = meta.peer.rsplit(":", 1)[0].strip("[]") if meta.peer else None
         host = meta.local if ex.role == ROLE_SERVER else meta.peer
         reason = self.filter.check(ex, host=host or None, peer_ip=peer_ip)
@@ -160,16 +180,25 @@ class Worker:
         return meta
 
     # -- housekeeping --------------------------------------------------------
+    def now(self) -> float:
+        """Wall-clock time on the events' clock (monotonic + the offset at start)."""
+        return time.monotonic() + self.clock_offset
+
     def expire(self, now: float) -> None:
         """Finish connections idle for TRAFFIC_INACTIVITY_THRESHOLD, and keep
         stream buffers within their share of TRAFFIC_BUFFER_THRESHOLD."""
         cutoff = now - self.idle
         for conn, cs in list(self.streams.items()):
-            if cs.last_seen < cutoff or cs.finished:
+            if cs.last_seen < cutoff:
                 cs.expire()
                 del self.streams[conn]
-                self.metas.pop(conn, None)
                 self.counters["worker.expired_connections"] += 1
+                if conn not in self.meta_seen:
+                    self.forget(conn)
+        # Metadata outlives an idle stream (a late byte resyncs on the same
+        # connection), but not a connection that stays silent.
+        for conn in [c for c, seen in self.meta_seen.items() if seen < cutoff and c not in self.streams]:
+            self.forget(conn)
         held = sum(cs.buffered for cs in self.streams.values())
         if held > self.stream_budget:
             for conn, cs in sorted(self.streams.items(), key=lambda kv: kv[1].last_seen):
@@ -177,8 +206,7 @@ class Worker:
                     break
                 held -= cs.buffered
                 cs.expire()
-                del self.streams[conn]
-                self.metas.pop(conn, None)
+                self.forget(conn)
                 self.counters["buffer.dropped_connections"] += 1
 
     def report(self) -> dict:
@@ -187,6 +215,7 @@ class Worker:
             "pid": os.getpid(),
             "ts": time.time(),
             "connections": len(self.streams),
+            "metas": len(self.metas),
             "buffered": sum(cs.buffered for cs in self.streams.values()) + self.sink.buffered_bytes,
             "sink": self.sink.state,
             "counters": dict(self.counters),
@@ -221,7 +250,7 @@ def run(index: int, settings, output: str, data_rx, report_tx) -> None:
         now = time.monotonic()
         if now >= next_report:
             next_report = now + REPORT_EVERY
-            worker.expire(time.time())
+            worker.expire(worker.now())
             report_tx.send(worker.report())
     # Order to stop: connections still open keep their half messages (counted
     # by expire), what is complete was already emitted; flush the sink.

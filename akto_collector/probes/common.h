@@ -120,12 +120,13 @@ struct skip_t {
     u64 sk;
     u8 role;
     u8 opened;
+    u8 tls; /* judged on TLS plaintext: final; on ciphertext: TLS may still revive it */
 };
 BPF_TABLE("lru_hash", u64, struct skip_t, skipped, 65536);
 BPF_TABLE("lru_hash", u64, struct addr_info, sk_addr, 65536); /* sock ptr -> 4-tuple */
-BPF_HASH(ignore_tgid, u32, u8, 1024);                 /* the collector's own processes */
+BPF_HASH(ignore_tgid, u32, u8, 4096);                 /* the collector's own processes */
 BPF_PERCPU_ARRAY(counters, u64, C_NCOUNTERS);
-BPF_HASH(tls_pids, u32, u8, 65536);                   /* with FILTER_TLS_PIDS: who may be traced */
+BPF_TABLE("lru_hash", u32, u8, tls_pids, 65536);     /* with FILTER_TLS_PIDS: who may be traced */
 
 /* Per thread: the TLS call in progress, so the syscall beneath it can name
  * its fd and keep its ciphertext out. Defined here because socket_trace.c
@@ -139,11 +140,15 @@ struct tls_call_t {
     u8 dir;
     u8 pad[3];
 };
-BPF_HASH(tls_calls, u32, struct tls_call_t, 16384);
+BPF_TABLE("lru_hash", u32, struct tls_call_t, tls_calls, 16384);
 /* Per thread: the socket it read last (node runs OpenSSL over memory BIOs,
  * so no syscall happens under SSL_read; the ciphertext it decrypts was just
  * read from this fd by the same event-loop thread). */
-BPF_HASH(last_read_fd, u32, s32, 16384);
+struct last_read_t {
+    u32 tgid; /* a reused thread id of another process must not inherit the fd */
+    s32 fd;
+};
+BPF_TABLE("lru_hash", u32, struct last_read_t, last_read_fd, 16384);
 
 static __always_inline void count(u32 slot, u64 n) {
     u64 *c = counters.lookup(&slot);
@@ -194,6 +199,8 @@ static __always_inline struct conn_t *conn_get_tls(u64 key) {
     struct skip_t *sp = skipped.lookup(&key);
     if (!sp)
         return conn_create(key, bpf_ktime_get_ns(), 0, ROLE_UNKNOWN);
+    if (sp->tls)
+        return 0; /* its plaintext was already judged not HTTP */
     struct skip_t s = *sp;
     skipped.delete(&key);
     c = conn_create(key, s.gen, s.opened, s.role);
@@ -208,6 +215,7 @@ static __always_inline void judge_not_http(u64 key, struct conn_t *c) {
     s.role = c->role;
     s.opened = c->opened;
     s.sk = c->sk;
+    s.tls = c->tls;
     conns.delete(&key);
     skipped.update(&key, &s);
     count(C_NOT_HTTP, 1);

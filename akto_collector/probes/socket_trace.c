@@ -25,14 +25,14 @@ struct sc_args_t {
     u8 is_sock;
     u8 pad;
 };
-BPF_HASH(sc_args, u32, struct sc_args_t, 16384);
+BPF_TABLE("lru_hash", u32, struct sc_args_t, sc_args, 16384);
 
 struct open_args_t {
     u64 addr;
     s32 fd;
     u8 role;
 };
-BPF_HASH(open_args, u32, struct open_args_t, 16384);
+BPF_TABLE("lru_hash", u32, struct open_args_t, open_args, 16384);
 
 struct user_msghdr_min {
     void *msg_name;
@@ -61,7 +61,11 @@ static __always_inline int stash(s32 fd, u64 buf, u64 vlen, u8 kind, u8 dir) {
 static __always_inline struct sc_args_t *recover_args(u32 tid) {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
     struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-    u64 nr = 0, di = 0, si = 0, dx = 0;
+    u64 nr = 0, di = 0, si = 0, dx = 0, cs = 0;
+    /* Kernel threads and io_uring workers have no user registers to read. */
+    bpf_probe_read_kernel(&cs, sizeof(cs), &regs->cs);
+    if ((cs & 3) != 3)
+        return 0;
     bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
     bpf_probe_read_kernel(&di, sizeof(di), &regs->di);
     bpf_probe_read_kernel(&si, sizeof(si), &regs->si);
@@ -91,7 +95,7 @@ static __always_inline struct sc_args_t *recover_args(u32 tid) {
     return sc_args.lookup(&tid);
 }
 
-static __always_inline void mark_socket(void *sk, u16 family, int recv) {
+static __always_inline void mark_socket(void *sk, u16 family, u16 protocol, int recv) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = id;
     struct sc_args_t *a = sc_args.lookup(&tid);
@@ -102,7 +106,7 @@ static __always_inline void mark_socket(void *sk, u16 family, int recv) {
         if (!a)
             return;
     }
-    if (family == AF_INET || family == AF_INET6) {
+    if ((family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP) {
         a->is_sock = 1;
         a->sk = (u64)sk;
     }
@@ -110,13 +114,13 @@ static __always_inline void mark_socket(void *sk, u16 family, int recv) {
 
 TRACEPOINT_PROBE(sock, sock_recv_length) {
     if (args->ret > 0 && !(args->flags & MSG_PEEK_FLAG))
-        mark_socket(args->sk, args->family, 1);
+        mark_socket(args->sk, args->family, args->protocol, 1);
     return 0;
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length) {
     if (args->ret > 0)
-        mark_socket(args->sk, args->family, 0);
+        mark_socket(args->sk, args->family, args->protocol, 0);
     return 0;
 }
 
@@ -198,8 +202,10 @@ static __always_inline int on_exit(long ret) {
     sc_args.delete(&tid);
     if (!a.is_sock || ret <= 0)
         return 0;
-    if (a.dir == DIR_RECV)
-        last_read_fd.update(&tid, &a.fd);
+    if (a.dir == DIR_RECV) {
+        struct last_read_t lr = {.tgid = tgid, .fd = a.fd};
+        last_read_fd.update(&tid, &lr);
+    }
     u64 key = conn_key(tgid, a.fd);
 
     /* Inside a TLS call: these are the ciphertext of its plaintext. Name the
@@ -372,7 +378,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     u64 key = conn_key(tgid, args->fd);
-    skipped.delete(&key);
+    struct skip_t *sp = skipped.lookup(&key);
+    if (sp) {
+        /* Seen open, then judged not HTTP: user space holds its OPEN metadata. */
+        if (sp->opened) {
+            struct conn_t tmp = {};
+            tmp.gen = sp->gen;
+            emit_simple(&tmp, tgid, args->fd, KIND_CLOSE);
+        }
+        skipped.delete(&key);
+        return 0;
+    }
     struct conn_t *c = conns.lookup(&key);
     if (!c)
         return 0;
@@ -398,8 +414,14 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
-    if ((u32)id != (u32)(id >> 32))
-        return 0; /* a thread, not the process */
+    u32 tid = id;
+    /* A thread that dies inside a call leaves its stash: forget it. */
+    sc_args.delete(&tid);
+    open_args.delete(&tid);
+    tls_calls.delete(&tid);
+    last_read_fd.delete(&tid);
+    if (!args->group_dead)
+        return 0; /* the process lives on */
     if (ignored(id >> 32))
         return 0;
     struct ev_hdr *e = events.ringbuf_reserve(sizeof(struct ev_hdr));

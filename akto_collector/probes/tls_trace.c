@@ -12,7 +12,13 @@
 #define RET_EX 2    /* int 1 on success, bytes through the size_t* argument */
 #define RET_SSIZE 3 /* ssize_t */
 
-BPF_TABLE("lru_hash", u64, s32, ssl_fd, 65536);
+/* (tgid, session) -> fd: forked workers have sessions at the same addresses. */
+struct ssl_key_t {
+    u64 ssl;
+    u32 tgid;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", struct ssl_key_t, s32, ssl_fd, 65536);
 
 static __always_inline int tls_enter(struct pt_regs *ctx, u8 dir, int ex) {
     u64 id = bpf_get_current_pid_tgid();
@@ -60,22 +66,23 @@ static __always_inline int tls_exit(struct pt_regs *ctx, int retkind) {
     if (n > 0x7fffffff)
         n = 0x7fffffff;
 
+    struct ssl_key_t sk = {.ssl = t.ssl, .tgid = tgid};
     s32 fd = t.fd;
     if (fd < 0) {
-        s32 *f = ssl_fd.lookup(&t.ssl);
+        s32 *f = ssl_fd.lookup(&sk);
         if (f)
             fd = *f;
     }
     if (fd < 0) {
-        s32 *f = last_read_fd.lookup(&tid);
-        if (f)
-            fd = *f;
+        struct last_read_t *lr = last_read_fd.lookup(&tid);
+        if (lr && lr->tgid == tgid)
+            fd = lr->fd;
     }
     if (fd < 0) {
         count(C_TLS_NO_FD, 1);
         return 0;
     }
-    ssl_fd.update(&t.ssl, &fd);
+    ssl_fd.update(&sk, &fd);
 
     u64 key = conn_key(tgid, fd);
     struct conn_t *c = conn_get_tls(key);
@@ -119,7 +126,7 @@ int tls_exit_ssize(struct pt_regs *ctx) { return tls_exit(ctx, RET_SSIZE); }
 
 /* SSL_free: the session pointer may be reused for another socket. */
 int tls_free_enter(struct pt_regs *ctx) {
-    u64 ssl = PT_REGS_PARM1(ctx);
-    ssl_fd.delete(&ssl);
+    struct ssl_key_t sk = {.ssl = PT_REGS_PARM1(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
+    ssl_fd.delete(&sk);
     return 0;
 }
