@@ -589,6 +589,37 @@ class ProcessScanner:
                 pass
         return f"{base}/exe"
 
+    def scan_files(self, paths: Iterable[str]) -> ScanResult:
+        """TLS libraries on this host's disk, whether or not a process maps
+        them yet. A uprobe on a file covers every process that maps it later,
+        so a short-lived client (curl, wget) is covered from its first call
+        instead of racing the exec-triggered scan. Unreadable or unusable
+        files are skipped: this only adds to what scan() finds."""
+        result = ScanResult()
+        for path in paths:
+            name = os.path.basename(path)
+            if _LIBSSL_NAME_RE.match(name):
+                kind, names = KIND_OPENSSL, OPENSSL_SYMBOLS
+            elif name.startswith("libgnutls.so"):
+                kind, names = KIND_GNUTLS, GNUTLS_SYMBOLS
+            else:
+                continue
+            real = os.path.realpath(path)
+            try:
+                st = os.stat(real)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, "lib")
+            info = self._elf(key, real, names, "lib")
+            if info.error or not _usable(kind, info.symbols):
+                continue
+            if kind == KIND_OPENSSL and info.boringssl:
+                kind = KIND_BORINGSSL
+            version = _SO_VERSION_RE.search(name)
+            self._add(result, real, kind, version.group(1) if version else "", info, st, None)
+            result.libraries[(st.st_dev, st.st_ino)].pids.discard(None)
+        return result
+
     @staticmethod
     def _add(result: ScanResult, path, kind, version, info: _ElfInfo, st, pid) -> None:
         key = (st.st_dev, st.st_ino)

@@ -31,6 +31,25 @@ RESCAN_AFTER_EXEC = (0.0, 1.0, 3.0)  # libraries are often dlopen'ed after exec
 EXIT_PROBES_FAILED = 3
 
 
+SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib",
+                   "/usr/local/lib", "/usr/lib/aarch64-linux-gnu")
+
+
+def system_tls_libraries() -> list[str]:
+    """The host's own libssl/libgnutls files (one path per file)."""
+    found = {}
+    for d in SYSTEM_LIB_DIRS:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(("libssl.so.", "libgnutls.so.")):
+                path = os.path.join(d, name)
+                found.setdefault(os.path.realpath(path), path)
+    return sorted(found)
+
+
 def private_rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -181,6 +200,8 @@ class Supervisor:
             self.scanner = ProcessScanner(proc_root="/proc", probe_all_pid=s.probe_all_pid,
                                           ignore_pids=frozenset([os.getpid()] + [w.pid for w in self.workers]))
             self.scan(None)  # before `ready`: what runs now is covered when we say so
+            if s.probe_all_pid:
+                self.attach_results(self.scanner.scan_files(system_tls_libraries()))
             threading.Thread(target=self._scan_loop, name="scanner", daemon=True).start()
         self.heartbeat = self._make_heartbeat()
         return True
@@ -415,10 +436,12 @@ class Supervisor:
                 self.log.error("scan_failed", error=str(exc))
 
     def scan(self, pids) -> None:
-        probes = self.probes
-        if probes is None:
+        if self.probes is None:
             return
-        result = self.scanner.scan(pids=pids)
+        self.attach_results(self.scanner.scan(pids=pids))
+
+    def attach_results(self, result) -> None:
+        probes = self.probes
         for key, lib in result.libraries.items():
             if not self.settings.probe_all_pid:
                 for pid in lib.pids:
