@@ -187,7 +187,11 @@ class Probes:
         the table (sized TRAFFIC_MAX_ACTIVE_CONN) keeps room for new ones."""
         conns = self.bpf["conns"]
         now = _ktime_ns()
-        stale = [k for k, v in conns.items() if now - v.last_ts > idle_ns]
+        try:  # one snapshot in a few syscalls; a key-by-key walk restarts when the kernel deletes
+            entries = list(conns.items_lookup_batch())
+        except Exception:  # noqa: BLE001 (older kernels/bcc: walk key by key)
+            entries = list(conns.items())
+        stale = [k for k, v in entries if now - v.last_ts > idle_ns]
         for k in stale:
             try:
                 del conns[k]

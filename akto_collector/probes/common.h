@@ -233,6 +233,9 @@ static __always_inline int classify(const char *ubuf, u32 len) {
     u32 n = len < 16 ? len : 16;
     if (bpf_probe_read_user(b, n & 15 ? n & 15 : 16, ubuf) != 0)
         return -1;
+    /* A PROXY protocol v2 header (load balancers) precedes the request. */
+    if (b[0] == '\r' && b[1] == '\n' && b[2] == '\r' && b[3] == '\n')
+        return 0;
     if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P') {
         if (n < 5 || b[4] == '/')
             return 2;
