@@ -224,23 +224,38 @@ def test_concurrent_clients_bytes_never_mixed(collector, app):
         assert json.loads(p["responsePayload"])["received"] == len(p["requestPayload"])
 
 
-def bpf_programs() -> int:
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    return sum(1 for line in out.splitlines() if ("tracepoint" in line or "kprobe" in line) and "name" in line)
+def bpf_program_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "--json", "prog", "show"], capture_output=True, text=True).stdout
+    return {p["id"] for p in json.loads(out or "[]")}
+
+
+def programs_held_by(pid: int) -> set[int]:
+    """IDs of the BPF programs whose fds process `pid` holds (from fdinfo)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
 
 
 def test_connection_opened_before_collector_and_nothing_left_after_exit(start_collector):
     """A keep-alive connection (and a server thread already blocked in its
     read) from before the collector started is picked up at its next
     request; after SIGTERM no program of ours stays loaded."""
-    before = bpf_programs()
     srv = PyServer(APP_SCRIPT, free_port())
     try:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port)
         conn.request("GET", "/pre/0")
         conn.getresponse().read()
         c = start_collector()  # the server thread sits in recv() on this connection now
-        assert bpf_programs() > before
+        ours = programs_held_by(c.proc.pid)
+        assert len(ours) > 20
         for i in range(1, 4):
             conn.request("GET", f"/pre/{i}")
             conn.getresponse().read()
@@ -253,7 +268,7 @@ def test_connection_opened_before_collector_and_nothing_left_after_exit(start_co
         t0 = time.monotonic()
         assert c.stop() == 0
         assert time.monotonic() - t0 < 10
-        assert bpf_programs() == before
+        assert not ours & bpf_program_ids()
         assert Path("/sys/kernel/tracing/uprobe_events").read_text().strip() == ""
     finally:
         srv.stop()
