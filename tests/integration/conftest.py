@@ -173,6 +173,43 @@ class PyServer:
         self.proc.wait()
 
 
+class Nginx:
+    """nginx on a loopback port with one `location` answering JSON, plain or TLS."""
+
+    def __init__(self, tmp: Path, location: str, body: str, cert: tuple[str, str] | None = None):
+        if not os.path.exists("/usr/sbin/nginx"):
+            pytest.fail("nginx missing: make test-deps installs it")
+        self.port = free_port()
+        tls = f"ssl; ssl_certificate {cert[0]}; ssl_certificate_key {cert[1]};" if cert else ";"
+        conf = tmp / "nginx.conf"
+        conf.write_text(f"""
+daemon off; worker_processes 1; error_log {tmp}/error.log; pid {tmp}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
+  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  server {{
+    listen 127.0.0.1:{self.port} {tls}
+    location {location} {{ default_type application/json; return 200 '{body}'; }}
+  }}
+}}
+""")
+        self.proc = subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("nginx did not start: " + (tmp / "error.log").read_text())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
 def header(hdrs: str, name: str):
     d = json.loads(hdrs)
     for k, v in d.items():
@@ -189,4 +226,4 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-__all__ = ["Collector", "PyServer", "free_port", "header", "run", "have", "threading"]
+__all__ = ["Collector", "Nginx", "PyServer", "free_port", "header", "run", "have", "threading"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PyServer, free_port, header, run
+from conftest import Nginx, PyServer, free_port, header, run
 
 pytestmark = pytest.mark.ebpf
 APP = str(Path(__file__).with_name("app_server.py"))
@@ -147,40 +147,15 @@ for _ in range(3):
 
 
 def test_nginx_server(collector, tmp_path):
-    nginx = "/usr/sbin/nginx"
-    if not os.path.exists(nginx):
-        pytest.fail("nginx missing: make test-deps installs it")
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-daemon off; worker_processes 1; error_log {tmp_path}/error.log; pid {tmp_path}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
-  uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
-  server {{
-    listen 127.0.0.1:{port};
-    location /ng {{ default_type application/json; return 200 '{{"nginx":true}}'; }}
-  }}
-}}
-""")
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
+    ng = Nginx(tmp_path, "/ng", '{"nginx":true}')
     try:
-        for _ in range(50):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        assert run(["curl", "-s", f"http://127.0.0.1:{port}/ng/x"]).returncode == 0
+        assert run(["curl", "-s", f"http://127.0.0.1:{ng.port}/ng/x"]).returncode == 0
         p = collector.wait_pairs(for_path("/ng/x", "1"))[0]
         assert json.loads(p["responsePayload"]) == {"nginx": True}
         assert p["process_name"] == "nginx"
         assert header(p["responseHeaders"], "server").startswith("nginx")
     finally:
-        proc.terminate()
-        proc.wait(5)
+        ng.stop()
 
 
 def test_stats_and_clean_counters(collector):

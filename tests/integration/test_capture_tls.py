@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
-import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import PyServer, free_port, header, run
+from conftest import Nginx, PyServer, free_port, header, run
 
 pytestmark = pytest.mark.ebpf
 APP = str(Path(__file__).with_name("app_server.py"))
@@ -171,26 +168,9 @@ def test_node_server_and_client(collector, cert):
 
 
 def test_nginx_tls_server(collector, cert, tmp_path):
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-daemon off; worker_processes 1; error_log {tmp_path}/error.log; pid {tmp_path}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
-  uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert[0]}; ssl_certificate_key {cert[1]};
-    location /ngs {{ default_type application/json; return 200 '{{"nginx":"tls"}}'; }}
-  }}
-}}
-""")
-    proc = subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp_path)])
+    ng = Nginx(tmp_path, "/ngs", '{"nginx":"tls"}', cert=cert)
     try:
-        time.sleep(1.0)
-        r = run(["curl", "-sk", f"https://127.0.0.1:{port}/ngs/a"])
+        r = run(["curl", "-sk", f"https://127.0.0.1:{ng.port}/ngs/a"])
         assert r.returncode == 0 and b"tls" in r.stdout
         got = collector.wait_pairs(for_path("/ngs/a", "1"))
         assert got, "nginx TLS server side not captured"
@@ -198,8 +178,7 @@ http {{
         assert json.loads(got[0]["responsePayload"]) == {"nginx": "tls"}
         assert got[0]["process_name"] == "nginx"
     finally:
-        proc.terminate()
-        proc.wait(5)
+        ng.stop()
 
 
 def test_uprobes_logged(collector, tls_app):
