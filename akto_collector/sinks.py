@@ -428,6 +428,24 @@ class KafkaSink:
     States: "connecting" (no producer yet), "connected", "disconnected"
     (the producer could not be created, or nothing was acknowledged for
     ``stall_seconds``), "closed". Each change is logged once.
+
+    Accounting invariant: every message given to send() is counted once in
+    ``sent`` and, from then on, is in exactly one of three places: still
+    buffered (``_pending`` or ``_inflight``), counted once in ``delivered``,
+    or counted once in one ``dropped.*`` counter (``buffer_full``,
+    ``error``, ``shutdown``). So at any moment
+
+        sent == delivered + dropped.buffer_full + dropped.error
+                + dropped.shutdown + len(_pending) + len(_inflight)
+
+    and after close() nothing is buffered. A message leaves ``_inflight``
+    only by being counted or by going back to ``_pending`` (``retried``
+    counts moves, not messages); a future is looked at only while its
+    message is in ``_inflight``, so it can never be counted twice. Before
+    in-flight messages are settled (reset, close) their producer is closed
+    first, so that an acknowledgement arriving meanwhile counts as
+    delivered, not dropped. What the sink cannot know: a request the broker
+    stored but whose answer was lost is sent again (at least once).
     """
 
     def __init__(
@@ -547,29 +565,42 @@ class KafkaSink:
             self._connect_result = None
         if late is not None and late[0] is not None:
             _close_producer(late[0], 0)
-        lost = len(self._pending)
-        for future, _key, _value, _t in self._inflight:
-            if future.is_done and future.exception is None:
-                self.counters[self._c_delivered] += 1
-            else:
-                lost += 1
+        # Close the producer before settling its futures: closing resolves
+        # each of them (acknowledged meanwhile, or aborted), and one that was
+        # acknowledged must count as delivered, not as a shutdown drop.
+        producer, self._producer = self._producer, None
+        self._append = None
+        if producer is not None:
+            _close_producer(producer, 0)
+        lost = len(self._pending) + len(self._settle_inflight())
         if lost:
             self.counters[self._c_shutdown] += lost
             log.warning("kafka sink closed with undelivered messages", topic=self.topic, dropped=lost)
         self._pending.clear()
-        self._inflight.clear()
-        self._pending_bytes = self._inflight_bytes = 0
-        if self._producer is not None:
-            _close_producer(self._producer, 0)
-            self._producer = None
+        self._pending_bytes = 0
+        self.send = self._send_after_close  # type: ignore[method-assign]  # send() itself stays check-free
         self.state = "closed"
+
+    def _send_after_close(self, key: bytes, value: bytes) -> None:
+        """send() once closed: nothing would ever take the message, so count it dropped now."""
+        self.counters[self._c_sent] += 1
+        self.counters[self._c_shutdown] += 1
 
     # -- internals
 
     def _shed(self) -> None:
-        """Drop the oldest queued messages until the buffer fits again."""
+        """Drop the oldest queued messages until the buffer fits again.
+
+        A message larger than the whole buffer could never be kept: it is
+        dropped alone instead of first evicting everything older.
+        """
         dropped = 0
         pending = self._pending
+        key, value = pending[-1]
+        if len(key) + len(value) > self._max_bytes:
+            pending.pop()
+            self._pending_bytes -= len(key) + len(value)
+            dropped = 1
         while pending and self._pending_bytes + self._inflight_bytes > self._max_bytes:
             key, value = pending.popleft()
             self._pending_bytes -= len(key) + len(value)
@@ -768,17 +799,7 @@ class KafkaSink:
         if producer is not None:
             _close_producer(producer, 0)
         retry = list(earlier or ())
-        delivered = 0
-        for future, key, value, _t in self._inflight:
-            if future.is_done and future.exception is None:
-                delivered += 1
-            elif future.is_done and _message_rejected(future.exception):
-                self._reject(future.exception)
-            else:
-                retry.append((key, value))
-        self._inflight.clear()
-        self._inflight_bytes = 0
-        self.counters[self._c_delivered] += delivered
+        retry.extend(self._settle_inflight())
         if retry:
             self._requeue(retry)
         if self._idempotence and isinstance(
@@ -790,6 +811,28 @@ class KafkaSink:
             log.warning("kafka idempotent producer refused, continuing without", brokers=self._brokers)
         self._next_attempt = time.monotonic() + self._backoff
         self._set_state("disconnected", _describe(exc))
+
+    def _settle_inflight(self) -> list[tuple[bytes, bytes]]:
+        """Empty ``_inflight`` (its producer already closed): count what was
+        acknowledged or refused, return the rest in order for the caller to
+        re-queue or count. Each message is counted here or returned, never both."""
+        rest: list[tuple[bytes, bytes]] = []
+        delivered = 0
+        for future, key, value, _t in self._inflight:
+            if future.is_done:  # kafka-python sets the exception before is_done
+                exc = future.exception
+                if exc is None:
+                    delivered += 1
+                    continue
+                if _message_rejected(exc):
+                    self._reject(exc)
+                    continue
+            rest.append((key, value))
+        self._inflight.clear()
+        self._inflight_bytes = 0
+        if delivered:
+            self.counters[self._c_delivered] += delivered
+        return rest
 
     def _set_state(self, state: str, reason: str = "", **extra: Any) -> None:
         if state == self.state:

@@ -373,3 +373,309 @@ def test_hand_over_wakes_the_sender_for_the_first_ready_batch_then_sparingly():
     before = producer._sender.wakeups
     sink.poll()
     assert producer._sender.wakeups == before + (len(producer._accumulator.appended) % 3 == 0)
+
+
+# --------------------------------------------------------------------------- Kafka accounting
+#
+# Every message given to KafkaSink.send() ends up counted exactly once, in
+# sink.delivered or in one sink.dropped.* counter, or is still buffered.
+
+
+def _accounted(counters, sink, prefix="sink"):
+    """delivered + every dropped.* + what is still buffered: must equal sent."""
+    settled = counters[f"{prefix}.delivered"] + sum(
+        v for k, v in counters.items() if k.startswith(f"{prefix}.dropped.")
+    )
+    return settled + len(sink._pending) + len(sink._inflight)
+
+
+class _Future:
+    __slots__ = ("is_done", "exception", "value")
+
+    def __init__(self, value=None):
+        self.is_done, self.exception, self.value = False, None, value
+
+
+class _ScriptedProducer:
+    """A producer whose futures the test resolves; close() resolves the rest like kafka-python.
+
+    ``on_close`` decides each unresolved future's fate when the producer is
+    closed (an acknowledgement that arrives meanwhile, or the abort).
+    """
+
+    def __init__(self, on_close=None, fail_send=None):
+        from kafka import errors
+
+        self.futures: list[_Future] = []
+        self.stored: list[bytes] = []
+        self.closed = False
+        self.fail_send = fail_send
+        self.on_close = on_close or (lambda f: errors.IllegalStateError("Producer is closed forcefully."))
+        self._transaction_manager = None
+
+    def partitions_for(self, topic):
+        return {0}
+
+    def send(self, topic, value=None, key=None, partition=None):
+        if self.fail_send is not None:
+            raise self.fail_send
+        future = _Future(value)
+        self.futures.append(future)
+        return future
+
+    def ack(self, future):
+        future.is_done = True
+        self.stored.append(future.value)
+
+    def fail(self, future, exc):
+        future.exception = exc
+        future.is_done = True
+
+    def close(self, timeout=None):
+        self.closed = True
+        for future in self.futures:
+            if not future.is_done:
+                outcome = self.on_close(future)
+                if outcome is None:
+                    self.ack(future)
+                else:
+                    self.fail(future, outcome)
+
+
+def _sink_with(producer, counters, max_buffer_bytes=1 << 20, inflight_bytes=4 << 20):
+    sink = KafkaSink(
+        settings(kafka_brokers=(f"127.0.0.1:{closed_port()}",), kafka_topic="t"),
+        counters=counters, max_buffer_bytes=max_buffer_bytes, inflight_bytes=inflight_bytes,
+    )
+    sink._producer = producer
+    sink._append = False  # producer.send() for everything
+    sink._connect_thread = None
+    sink.state = "connected"
+    return sink
+
+
+def test_close_counts_an_ack_arriving_while_the_producer_closes_as_delivered():
+    """close() used to settle in-flight futures before closing the producer:
+    one acknowledged during the close was counted dropped.shutdown, yet stored."""
+    producer = _ScriptedProducer(on_close=lambda f: None)  # the broker's answer arrives while closing
+    counters = Counter()
+    sink = _sink_with(producer, counters)
+    for i in range(3):
+        sink.send(b"k", b"m%d" % i)
+    sink.poll()
+    assert len(sink._inflight) == 3
+    producer.ack(producer.futures[0])
+    sink.close(0)
+    assert len(producer.stored) == 3
+    assert counters["sink.delivered"] == 3 and counters["sink.dropped.shutdown"] == 0
+    assert counters["sink.sent"] == _accounted(counters, sink) == 3
+
+
+def test_close_settles_in_flight_messages_by_their_outcome():
+    from kafka import errors
+
+    producer = _ScriptedProducer()  # close() aborts what is unresolved
+    counters = Counter()
+    sink = _sink_with(producer, counters)
+    for i in range(4):
+        sink.send(b"k", b"m%d" % i)
+    sink.poll()
+    producer.fail(producer.futures[1], errors.InvalidRecordError("bad"))  # refused: an error, not a shutdown drop
+    producer.ack(producer.futures[2])  # acknowledged behind an unresolved head
+    sink.send(b"k", b"still queued")
+    sink._hand_over = lambda now: None  # keep the last one in our queue
+    sink.close(0)
+    assert counters["sink.delivered"] == 1
+    assert counters["sink.dropped.error"] == 1
+    assert counters["sink.dropped.shutdown"] == 3  # futures 0 and 3, and the queued one
+    assert counters["sink.sent"] == _accounted(counters, sink) == 5
+    assert not sink._pending and not sink._inflight and sink.buffered_bytes == 0
+
+
+def test_send_after_close_is_counted_as_dropped():
+    counters = Counter()
+    sink = _sink_with(_ScriptedProducer(), counters)
+    sink.close(0)
+    sink.send(b"k", b"late")
+    sink.poll()
+    assert counters["sink.sent"] == counters["sink.dropped.shutdown"] == 1
+    assert not sink._pending and sink.buffered_bytes == 0
+
+
+def test_message_larger_than_the_whole_buffer_is_dropped_alone():
+    counters = Counter()
+    sink = make_sink(settings(kafka_brokers=(f"127.0.0.1:{closed_port()}",)), counters=counters, max_buffer_bytes=1000)
+    for i in range(5):
+        sink.send(b"k", b"%099d" % i)
+    sink.send(b"k", b"x" * 1000)  # 1001 bytes with its key: can never fit
+    assert counters["sink.dropped.buffer_full"] == 1
+    assert [v for _, v in sink._pending] == [b"%099d" % i for i in range(5)]  # nothing older evicted for it
+    sink.send(b"k", b"y" * 599)  # fits once the oldest goes: drop-oldest as usual
+    assert counters["sink.dropped.buffer_full"] == 2
+    assert sink.buffered_bytes == 1000
+    sink.close(0)
+    assert counters["sink.sent"] == 7 == _accounted(counters, sink)
+
+
+def test_failed_future_requeued_then_evicted_is_counted_once():
+    """A message whose delivery timed out goes back to the queue; evicted there,
+    it counts once as buffer_full, and its old future is never looked at again."""
+    from kafka import errors
+
+    producer = _ScriptedProducer()
+    counters = Counter()
+    sink = _sink_with(producer, counters, max_buffer_bytes=300, inflight_bytes=150)
+    sink.send(b"k", b"a" * 99)
+    sink.poll()
+    old = producer.futures[0]
+    producer.fail(old, errors.KafkaTimeoutError("expired in the producer"))  # retriable: same producer
+    sink._hand_over = lambda now: None  # disconnected: nothing is handed over again
+    sink.poll()
+    assert counters["sink.retried"] == 1 and [v[:1] for _, v in sink._pending] == [b"a"]
+    for c in b"bcd":
+        sink.send(b"k", bytes([c]) * 99)  # the re-queued one is the oldest: it goes
+    assert counters["sink.dropped.buffer_full"] == 1
+    old.exception = None  # even if the old future changed its mind later
+    sink.poll()
+    assert counters["sink.delivered"] == 0 and counters["sink.dropped.buffer_full"] == 1
+    assert counters["sink.sent"] == _accounted(counters, sink) == 4
+    sink.close(0)
+    assert counters["sink.dropped.shutdown"] == 3
+    assert counters["sink.sent"] == _accounted(counters, sink)
+
+
+def test_producer_reset_settles_in_flight_once_and_requeues_the_rest():
+    from kafka import errors
+
+    producer = _ScriptedProducer(on_close=lambda f: None if f.value == b"m2" else errors.IllegalStateError("x"))
+    counters = Counter()
+    sink = _sink_with(producer, counters)
+    for i in range(4):
+        sink.send(b"k", b"m%d" % i)
+    sink.poll()
+    producer.ack(producer.futures[0])
+    producer.fail(producer.futures[1], errors.InvalidRecordError("bad"))
+    producer.fail_send = errors.IllegalStateError("producer closed under us")
+    sink.send(b"k", b"m4")
+    sink.poll()  # reaps m0 and m1, then the hand-over of m4 fails: reset
+    assert sink._producer is None and producer.closed
+    # m2 was acknowledged while the producer closed, m3 aborted: back in front of m4
+    assert [v for _, v in sink._pending] == [b"m3", b"m4"]
+    assert counters["sink.delivered"] == 2 and counters["sink.dropped.error"] == 1
+    assert counters["sink.sent"] == _accounted(counters, sink) == 5
+    sink.close(0)
+    assert counters["sink.dropped.shutdown"] == 2
+    assert counters["sink.sent"] == _accounted(counters, sink)
+
+
+class _ChaosProducer:
+    """Resolves futures at random: acknowledged, timed out, refused, fatal; may fail send()."""
+
+    def __init__(self, rng, stored):
+        self.rng, self.stored, self.futures, self.closed = rng, stored, [], False
+        self._transaction_manager = None
+        if rng.random() < 0.5:  # half of them through the accumulator fast path
+            self._accumulator = types.SimpleNamespace(append=self._append)
+            self._sender = types.SimpleNamespace(wakeup=lambda: None)
+
+    def _append(self, tp, timestamp_ms, key, value, headers, now=None, abort_on_new_batch=False):
+        return self._new(value), self.rng.random() < 0.3, self.rng.random() < 0.3, False
+
+    def _new(self, value):
+        from kafka import errors
+
+        if self.closed:
+            raise errors.IllegalStateError("closed")
+        future = _Future(value)
+        self.futures.append(future)
+        return future
+
+    def partitions_for(self, topic):
+        from kafka import errors
+
+        if self.rng.random() < 0.02:
+            raise errors.KafkaTimeoutError("no metadata")
+        return {0, 1, 2}
+
+    def send(self, topic, value=None, key=None, partition=None):
+        from kafka import errors
+
+        if self.rng.random() < 0.02:
+            raise errors.IllegalStateError("fatal")
+        if len(value) > 5000:
+            raise errors.MessageSizeTooLargeError("too large")
+        return self._new(value)
+
+    def _resolve(self, future, exc):
+        if not future.is_done:
+            if exc is None:
+                self.stored.append(future.value)
+            future.exception = exc
+            future.is_done = True
+
+    def step(self):
+        from kafka import errors
+
+        for future in self.futures:
+            if self.rng.random() < 0.3:
+                r = self.rng.random()
+                self._resolve(future, None if r < 0.6 else errors.KafkaTimeoutError("expired") if r < 0.8
+                              else errors.InvalidRecordError("bad") if r < 0.85
+                              else errors.NotLeaderForPartitionError("moved") if r < 0.95
+                              else errors.UnknownError("?"))
+
+    def flush(self, timeout=None):
+        self.step()
+
+    def close(self, timeout=None):
+        from kafka import errors
+
+        self.closed = True
+        for future in self.futures:  # an answer arriving while closing, or the abort
+            self._resolve(future, None if self.rng.random() < 0.3 else errors.IllegalStateError("forced"))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_every_message_is_counted_exactly_once_through_producer_cycles(seed):
+    """Random sends, polls, deliveries, failures and producer replacements
+    (seeded, so deterministic): after every step sent == delivered +
+    dropped.* + buffered, and a message is counted delivered exactly when
+    the (fake) broker stored it."""
+    import random
+
+    rng = random.Random(seed)
+    counters = Counter()
+    stored: list[bytes] = []
+    sink = _sink_with(
+        None, counters, max_buffer_bytes=rng.choice([2000, 8000, 40000]), inflight_bytes=rng.choice([1000, 4000, 20000])
+    )
+    sink.state = "connecting"
+    sink._append = None
+
+    def connect(now):  # a producer appears now and then, as after a connect thread
+        if rng.random() < 0.3:
+            sink._producer = _ChaosProducer(rng, stored)
+            sink._set_state("connected")
+
+    sink._advance_connect = connect
+    sent = 0
+    for _ in range(1500):
+        r = rng.random()
+        if r < 0.5:
+            size = rng.choice([10, 100, 500, 1500, 3000, 9000, 50000])
+            sink.send(b"k%d" % rng.randrange(5), b"%08d" % sent + b"x" * size)
+            sent += 1
+        elif r < 0.75:
+            sink.poll()
+        elif r < 0.95:
+            if sink._producer is not None:
+                sink._producer.step()
+        else:
+            sink.flush(0)
+        assert counters["sink.sent"] == sent == _accounted(counters, sink)
+        assert sink._pending_bytes == sum(len(k) + len(v) for k, v in sink._pending)
+        assert sink._inflight_bytes == sum(len(k) + len(v) for _f, k, v, _t in sink._inflight)
+    sink.close(0)
+    assert counters["sink.sent"] == sent == _accounted(counters, sink)
+    assert not sink._pending and not sink._inflight
+    assert len(set(stored)) == len(stored) == counters["sink.delivered"]
