@@ -57,12 +57,33 @@ http {{
     return proc
 
 
-def wrk(url: str, seconds: int, connections: int) -> tuple[int, float]:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url],
-                         capture_output=True, text=True, check=True).stdout
+def wrk(url: str, seconds: int, connections: int, rate: int = 0) -> tuple[int, float]:
+    """Max load, or about `rate` requests/s (each connection waits its share between requests)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
+    if rate:
+        script = Path(tempfile.mkdtemp()) / "rate.lua"
+        script.write_text(f"function delay() return {connections * 1000.0 / rate:.3f} end\n")
+        cmd[1:1] = ["-s", str(script)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"(\d+) requests in", out).group(1))
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return total, rate
+
+
+def pairs_done(log: Path) -> tuple[int, float]:
+    """The collector's pair count, and the wall time of the first stats line that showed it."""
+    import datetime
+
+    import orjson
+
+    value, when = 0, 0.0
+    for line in log.read_bytes().splitlines():
+        if b'"stats"' in line:
+            rec = orjson.loads(line)
+            if rec.get("pairs", 0) != value:
+                value = rec.get("pairs", 0)
+                when = datetime.datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+    return value, when
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -85,6 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rate", type=int, default=0, help="about this many requests/s (default: as fast as possible)")
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--workers", default="2")
@@ -100,11 +122,11 @@ def main() -> None:
           f"-d{args.seconds}s, {os.cpu_count()} cores shared by load, server, collector and broker")
     try:
         if args.baseline:
-            total, rate = wrk(url, args.seconds, args.connections)
+            total, rate = wrk(url, args.seconds, args.connections, args.rate)
             print(f"baseline (no collector): {rate:,.0f} requests/s")
         with TansuBroker(proxy=False) as broker:
             env = dict(os.environ, AKTO_KAFKA_BROKER_MAL=broker.bootstrap, TRAFFIC_DISABLE_EGRESS="true",
-                       AKTO_WORKERS=args.workers, AKTO_STATS_INTERVAL="2",
+                       AKTO_WORKERS=args.workers, AKTO_STATS_INTERVAL="0.5",
                        CAPTURE_ALL="false" if args.tls else "true")
             env.update(kv.split("=", 1) for kv in args.env)
             err = open(tmp / "collector.log", "wb")
@@ -118,14 +140,20 @@ def main() -> None:
             time.sleep(1.0)
             procs = tree(col.pid)
             cpu0 = cpu_seconds(procs)
-            t0 = time.monotonic()
-            total, rate = wrk(url, args.seconds, args.connections)
-            elapsed = time.monotonic() - t0
+            wall0 = time.time()
+            total, rate = wrk(url, args.seconds, args.connections, args.rate)
             rss = sum(p.memory_info().rss for p in procs if p.is_running())
+            # Wait until the collector has caught up (its pair count stops growing).
+            last = -1
+            while True:
+                time.sleep(2.0)
+                pairs, done = pairs_done(tmp / "collector.log")
+                if pairs == last:
+                    break
+                last = pairs
+            elapsed = done - wall0
             cpu1 = cpu_seconds(procs)
             print(f"with collector: {rate:,.0f} requests/s served ({total:,} requests)")
-            # let the collector finish what it holds, then stop it (it flushes)
-            time.sleep(3.0)
             col.send_signal(signal.SIGTERM)
             try:
                 col.wait(60)
@@ -144,10 +172,10 @@ def main() -> None:
                 if rec.get("event") == "stats_final":
                     drops = rec.get("drops", {})
             print(f"pairs delivered to the broker: {consumed:,} of {total:,} requests "
-                  f"({consumed / elapsed:,.0f} pairs/s over the load window; lost {total - consumed:,}); "
+                  f"({consumed / elapsed:,.0f} pairs/s, load start to last pair; lost {total - consumed:,}); "
                   f"consumed back in {time.monotonic() - t1:.1f}s")
             print(f"collector drop counters: {drops or 'none'}")
-            print(f"collector CPU during load: {(cpu1 - cpu0) / elapsed * 100:.0f}% of one core; "
+            print(f"collector CPU, load start to last pair: {(cpu1 - cpu0) / elapsed * 100:.0f}% of one core; "
                   f"RSS {rss / 1e6:.0f} MB (supervisor + workers)")
     finally:
         nginx.terminate()
