@@ -142,13 +142,17 @@ def test_sigterm_flushes_buffered(start_collector, broker, app):
 
 def test_tiny_buffer_drops_oldest_and_counts(start_collector, app):
     port = free_port()  # no broker: everything waits in the buffer
+    # Only this test's requests reach the sink (other traffic on the host would share its counters).
     c = start_collector({"AKTO_KAFKA_BROKER_MAL": f"127.0.0.1:{port}", "TRAFFIC_BUFFER_THRESHOLD": "1",
-                         "AKTO_WORKERS": "1", "TRAFFIC_DISABLE_EGRESS": "true"})
+                         "AKTO_WORKERS": "1", "TRAFFIC_DISABLE_EGRESS": "true",
+                         "AKTO_MODULE_DISCOVERY_CONFIG":
+                             '[{"key":{"eq":"x-test","ifAbsent":"reject"},"value":{"regex":"^tiny$"}}]'})
     body = Path(c.out_path).with_name("body.txt")
     body.write_text("x" * 200_000)
     n = 10
     for i in range(n):
-        r = subprocess.run(["curl", "-s", "--data-binary", f"@{body}", f"http://127.0.0.1:{app.port}/b/{i}"],
+        r = subprocess.run(["curl", "-s", "-H", "X-Test: tiny", "--data-binary", f"@{body}",
+                            f"http://127.0.0.1:{app.port}/b/{i}"],
                            capture_output=True)
         assert r.returncode == 0
     rec = c.wait_log("stats", pred=lambda r: r["counters"].get("sink.dropped.buffer_full", 0) > 0, timeout=30)
