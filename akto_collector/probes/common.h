@@ -386,6 +386,14 @@ static __always_inline u32 emit_buf(struct ev_hdr *h, const char *ubuf, u32 len,
     return done;
 }
 
+/* Emit the marker that says: bytes [offset, total) of this call are missing. */
+static __always_inline void emit_cut(struct ev_hdr *h, u32 offset) {
+    h->offset = offset;
+    h->flags |= FLAG_CUT;
+    emit_piece(h, 0, 0);
+    count(C_CUT_BYTES, h->total - offset);
+}
+
 static __always_inline void fill_hdr(struct ev_hdr *h, struct conn_t *c, u32 tgid, u32 fd, u8 kind) {
     h->ts = bpf_ktime_get_ns();
     h->gen = c->gen;

@@ -143,14 +143,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     return 0;
 }
 
-/* Emit the marker that says: bytes [offset, total) of this call are missing. */
-static __always_inline void emit_cut(struct ev_hdr *h, u32 offset) {
-    h->offset = offset;
-    h->flags |= FLAG_CUT;
-    emit_piece(h, 0, 0);
-    count(C_CUT_BYTES, h->total - offset);
-}
-
 static __always_inline void emit_iov(struct ev_hdr *h, const struct iovec *vec, u64 vlen, u32 ret) {
     u32 off = 0, end = 0;
     for (int i = 0; i < MAX_IOV; i++) {

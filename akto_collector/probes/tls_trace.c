@@ -107,12 +107,8 @@ static __always_inline int tls_exit(struct pt_regs *ctx, int retkind) {
     h.total = len;
     h.call_pos = __sync_fetch_and_add(&c->pos[2 + (t.dir & 1)], len);
     u32 got = emit_buf(&h, (const char *)t.buf, len, 0);
-    if (got < len) {
-        h.offset = got;
-        h.flags |= FLAG_CUT;
-        emit_piece(&h, 0, 0);
-        count(C_CUT_BYTES, len - got);
-    }
+    if (got < len)
+        emit_cut(&h, got);
     return 0;
 }
 
