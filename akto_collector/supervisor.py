@@ -222,8 +222,9 @@ class Supervisor:
                 self.dispatch_signal(self.signals.popleft())
             while self.exec_pids:
                 pid = self.exec_pids.popleft()
-                for delay in RESCAN_AFTER_EXEC:
-                    self.scan_queue.put((time.monotonic() + delay, pid))
+                if s.capture_ssl:  # without TLS capture nothing consumes the scan queue
+                    for delay in RESCAN_AFTER_EXEC:
+                        self.scan_queue.put((time.monotonic() + delay, pid))
             now = time.monotonic()
             if now >= next_housekeeping:
                 next_housekeeping = now + 1.0
