@@ -26,7 +26,7 @@ $(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
 	@touch $@
 
 run: setup
-	$(VENV)/bin/akto-collector run $(ARGS)
+	@$(VENV)/bin/akto-collector run $(ARGS)
 
 test: setup test-deps
 	$(PY) -m pytest tests -q
