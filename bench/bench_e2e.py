@@ -121,9 +121,12 @@ def main() -> None:
     print(f"== {'TLS (uprobes)' if args.tls else 'plaintext'}: nginx, 1.5 KB JSON, wrk -t1 -c{args.connections} "
           f"-d{args.seconds}s, {os.cpu_count()} cores shared by load, server, collector and broker")
     try:
+        server = tree(nginx.pid)
         if args.baseline:
+            cpu_before = cpu_seconds(server)
             total, rate = wrk(url, args.seconds, args.connections, args.rate)
-            print(f"baseline (no collector): {rate:,.0f} requests/s")
+            per_req = (cpu_seconds(server) - cpu_before) / total * 1e6
+            print(f"baseline (no collector): {rate:,.0f} requests/s, nginx CPU {per_req:.1f} us per request")
         with TansuBroker(proxy=False) as broker:
             env = dict(os.environ, AKTO_KAFKA_BROKER_MAL=broker.bootstrap, TRAFFIC_DISABLE_EGRESS="true",
                        AKTO_WORKERS=args.workers, AKTO_STATS_INTERVAL="0.5",
@@ -141,7 +144,9 @@ def main() -> None:
             procs = tree(col.pid)
             cpu0 = cpu_seconds(procs)
             wall0 = time.time()
+            server_before = cpu_seconds(server)
             total, rate = wrk(url, args.seconds, args.connections, args.rate)
+            server_per_req = (cpu_seconds(server) - server_before) / total * 1e6
             rss = sum(p.memory_info().rss for p in procs if p.is_running())
             # Wait until the collector has caught up (its pair count stops growing).
             last = -1
@@ -153,7 +158,8 @@ def main() -> None:
                 last = pairs
             elapsed = done - wall0
             cpu1 = cpu_seconds(procs)
-            print(f"with collector: {rate:,.0f} requests/s served ({total:,} requests)")
+            print(f"with collector: {rate:,.0f} requests/s served ({total:,} requests), "
+                  f"nginx CPU {server_per_req:.1f} us per request")
             col.send_signal(signal.SIGTERM)
             try:
                 col.wait(60)
@@ -172,7 +178,8 @@ def main() -> None:
                 if rec.get("event") == "stats_final":
                     drops = rec.get("drops", {})
             print(f"pairs delivered to the broker: {consumed:,} of {total:,} requests "
-                  f"({consumed / elapsed:,.0f} pairs/s, load start to last pair; lost {total - consumed:,}); "
+                  f"({consumed / elapsed:,.0f} pairs/s, load start to last pair; lost {max(0, total - consumed):,}"
+                  f"{'' if consumed <= total else f', {consumed - total} in flight when wrk stopped'}); "
                   f"consumed back in {time.monotonic() - t1:.1f}s")
             print(f"collector drop counters: {drops or 'none'}")
             print(f"collector CPU, load start to last pair: {(cpu1 - cpu0) / elapsed * 100:.0f}% of one core; "
