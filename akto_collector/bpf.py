@@ -28,6 +28,7 @@ KERNEL_COUNTERS = {
     4: "kernel.dropped.tls_no_fd",
     5: "kernel.skipped.egress",
     8: "kernel.skipped.plaintext_on_tls",
+    9: "kernel.untraced_socket_bytes",
 }
 
 # Which probe functions go on which TLS symbol: (symbol, entry fn, return fn).

@@ -62,6 +62,7 @@
 #define C_EVENTS 6
 #define C_BYTES 7
 #define C_PLAIN_ON_TLS 8
+#define C_UNTRACED_BYTES 9
 #define C_NCOUNTERS 16
 
 struct ev_hdr {

@@ -95,32 +95,46 @@ static __always_inline struct sc_args_t *recover_args(u32 tid) {
     return sc_args.lookup(&tid);
 }
 
-static __always_inline void mark_socket(void *sk, u16 family, u16 protocol, int recv) {
+/* Socket bytes moved by a call we do not trace (splice, sendmmsg/recvmmsg,
+ * io_uring issued inline): not captured, but counted, so the loss shows. */
+static __always_inline void count_untraced(int ret) {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+    u64 cs = 0;
+    bpf_probe_read_kernel(&cs, sizeof(cs), &regs->cs);
+    if ((cs & 3) == 3)
+        count(C_UNTRACED_BYTES, ret);
+}
+
+static __always_inline void mark_socket(void *sk, u16 family, u16 protocol, int ret, int recv) {
+    if ((family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP)
+        return;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = id;
     struct sc_args_t *a = sc_args.lookup(&tid);
     if (!a) {
-        if (!recv || ignored(tgid))
+        if (ignored(tgid))
             return;
-        a = recover_args(tid);
-        if (!a)
+        if (recv)
+            a = recover_args(tid);
+        if (!a) {
+            count_untraced(ret);
             return;
+        }
     }
-    if ((family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP) {
-        a->is_sock = 1;
-        a->sk = (u64)sk;
-    }
+    a->is_sock = 1;
+    a->sk = (u64)sk;
 }
 
 TRACEPOINT_PROBE(sock, sock_recv_length) {
     if (args->ret > 0 && !(args->flags & MSG_PEEK_FLAG))
-        mark_socket(args->sk, args->family, args->protocol, 1);
+        mark_socket(args->sk, args->family, args->protocol, args->ret, 1);
     return 0;
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length) {
     if (args->ret > 0)
-        mark_socket(args->sk, args->family, args->protocol, 0);
+        mark_socket(args->sk, args->family, args->protocol, args->ret, 0);
     return 0;
 }
 

@@ -247,3 +247,20 @@ def test_connection_opened_before_collector_and_nothing_left_after_exit(start_co
         assert Path("/sys/kernel/tracing/uprobe_events").read_text().strip() == ""
     finally:
         srv.stop()
+
+
+def test_untraced_socket_bytes_are_counted(collector):
+    """splice() moves socket bytes through no buffer we can read: counted, not silent."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    c = socket.create_connection(srv.getsockname())
+    s2, _ = srv.accept()
+    r, w = os.pipe()
+    os.write(w, b"GET /spliced HTTP/1.1\r\n\r\n" + b"x" * 5000)
+    os.splice(r, c.fileno(), 5025)
+    s2.recv(10000)
+    for s in (c, s2, srv):
+        s.close()
+    rec = collector.wait_log("stats", pred=lambda r: r["counters"].get("kernel.untraced_socket_bytes", 0) >= 5025)
+    assert rec
