@@ -194,8 +194,8 @@ class Probes:
             entries = list(conns.items())
         stale = [k for k, v in entries if now - v.last_ts > idle_ns]
         for k in stale:
-            try:
-                del conns[k]
+            try:  # the batch API hands back plain ints for integer keys
+                del conns[k if isinstance(k, ctypes._SimpleCData) else conns.Key(k)]
             except KeyError:
                 pass
         return len(stale)

@@ -228,18 +228,26 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_housekeeping:
                 next_housekeeping = now + 1.0
-                self.manage_workers()
+                self.housekeep(self.manage_workers)
             if now >= next_stats:
                 next_stats = now + s.stats_interval
-                self.log_stats()
-                self.expire_kernel_connections()
-                self.guard_memory()
+                self.housekeep(self.log_stats)
+                self.housekeep(self.expire_kernel_connections)
+                self.housekeep(self.guard_memory)
             if now >= next_uprobe_poll and s.capture_ssl:
                 next_uprobe_poll = now + s.uprobe_poll_interval
                 self.scan_queue.put((now, None))
             if now >= next_heartbeat and self.heartbeat is not None:
                 next_heartbeat = now + s.heartbeat_interval
                 self.send_heartbeat()
+
+    def housekeep(self, task) -> None:
+        """Periodic work must never take the drain down: a failure is logged and counted."""
+        try:
+            task()
+        except Exception as exc:  # noqa: BLE001
+            self.counters["supervisor.housekeeping_failed"] += 1
+            self.log.error("housekeeping_failed", task=task.__name__, error=repr(exc))
 
     def dispatch_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
