@@ -8,14 +8,24 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 
 .PHONY: setup system run test test-deps unit bench clean
 
-setup: system $(VENV)/.installed
+# The per-message modules are compiled with Cython (setup.py); an edit to
+# one of them recompiles just that one (build_ext is incremental).
+CORE   := $(wildcard akto_collector/*.py akto_collector/*.pxd) setup.py
+
+setup: system $(VENV)/.compiled
 
 system:
 	@bash scripts/setup-system.sh
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	@$(PIP) install -e .
+	@$(PIP) install "Cython>=3.0,<3.2" "setuptools>=61" wheel
+	@$(PIP) install --no-build-isolation -e .
+	@touch $@
+
+$(VENV)/.compiled: $(VENV)/.installed $(CORE)
+	@$(PY) setup.py -q build_ext --inplace 2>&1 | grep -v -e '^running' -e 'UserWarning' -e 'warnings.warn' || true
+	@$(PY) -c 'from akto_collector.compiled import summary; print("core:", summary())'
 	@touch $@
 
 test-deps: $(VENV)/.test-installed
@@ -30,12 +40,14 @@ run: setup
 
 test: setup test-deps
 	$(PY) -m pytest tests -q
+	AKTO_PURE_PYTHON=1 $(PY) -m pytest tests/unit -q
 
 unit: setup test-deps
 	$(PY) -m pytest tests/unit -q
+	AKTO_PURE_PYTHON=1 $(PY) -m pytest tests/unit -q
 
 bench: setup test-deps
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache akto_collector/*.so akto_collector/*.c

@@ -29,6 +29,14 @@ def run_checks(settings) -> int:
     check("btf", Path("/sys/kernel/btf/vmlinux").exists(), "/sys/kernel/btf/vmlinux (saved user registers)")
     check("sock tracepoints", Path("/sys/kernel/tracing/events/sock/sock_recv_length").exists(),
           "sock:sock_recv_length (Linux 6.3+) marks socket I/O")
+    from akto_collector.compiled import module_status, summary
+
+    status = module_status()
+    core = summary(status)
+    check("core", "stale" not in status.values(),
+          f"{core}" + (" (rebuild: make setup, or pip install .)" if "stale" in status.values() else
+                       " (plain Python costs about 25% more CPU per pair: install Cython and a C compiler)"
+                       if core != "compiled" else ""))
     sink = ",".join(settings.kafka_brokers) or "JSON lines on stdout"
     print(f"info output: {sink}")
     return 0 if all(checks) else 1

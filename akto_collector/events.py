@@ -53,39 +53,70 @@ class DataEvent(NamedTuple):
     data: bytes
 
 
-@dataclass(slots=True)
-class HttpRequest:
-    method: str
-    target: str  # as sent, query string included
-    version: str  # "HTTP/1.1"
-    headers: list[tuple[str, str]]  # names as sent, in order, repeats kept
-    body: bytes  # de-chunked, Content-Encoding undone, at most the body limit
-    body_cut: bool = False  # body longer than the limit, or bytes of it missing
-    body_size: int = 0  # size of the whole body on the wire (after de-chunking) where known
-    ts: float = 0.0  # wall-clock seconds when its first byte was seen
+class _Record:
+    """Equality and repr by fields, for the plain classes below.
+
+    Written out instead of dataclasses because these are created per
+    message on the hot path: a dataclass's generated ``__init__`` runs
+    interpreted even where this module is compiled (see docs/ARCHITECTURE.md,
+    "Compiled core"), a written one does not.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in type(self).__slots__)
+
+    def __repr__(self):
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in type(self).__slots__)
+        return f"{type(self).__name__}({fields})"
+
+    __hash__ = None  # mutable
 
 
-@dataclass(slots=True)
-class HttpResponse:
-    version: str
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    body_cut: bool = False
-    body_size: int = 0
-    ts: float = 0.0
+class HttpRequest(_Record):
+    __slots__ = ("method", "target", "version", "headers", "body", "body_cut", "body_size", "ts")
+
+    def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]],
+                 body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0):
+        self.method = method
+        self.target = target  # as sent, query string included
+        self.version = version  # "HTTP/1.1"
+        self.headers = headers  # names as sent, in order, repeats kept
+        self.body = body  # de-chunked, Content-Encoding undone, at most the body limit
+        self.body_cut = body_cut  # body longer than the limit, or bytes of it missing
+        self.body_size = body_size  # size of the whole body on the wire (after de-chunking) where known
+        self.ts = ts  # wall-clock seconds when its first byte was seen
 
 
-@dataclass(slots=True)
-class Exchange:
+class HttpResponse(_Record):
+    __slots__ = ("version", "status", "reason", "headers", "body", "body_cut", "body_size", "ts")
+
+    def __init__(self, version: str, status: int, reason: str, headers: list[tuple[str, str]],
+                 body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0):
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.body_cut = body_cut
+        self.body_size = body_size
+        self.ts = ts
+
+
+class Exchange(_Record):
     """One request paired with its response, on one connection."""
 
-    conn: ConnId
-    role: int  # ROLE_SERVER or ROLE_CLIENT
-    tls: bool
-    request: HttpRequest
-    response: HttpResponse
+    __slots__ = ("conn", "role", "tls", "request", "response")
+
+    def __init__(self, conn: ConnId, role: int, tls: bool, request: HttpRequest, response: HttpResponse):
+        self.conn = conn
+        self.role = role  # ROLE_SERVER or ROLE_CLIENT
+        self.tls = tls
+        self.request = request
+        self.response = response
 
 
 @dataclass(slots=True)

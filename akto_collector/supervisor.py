@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter, deque
 
-from akto_collector import __version__, bpf, worker
+from akto_collector import __version__, bpf, compiled, worker
 from akto_collector.records import KIND_EXEC, KIND_EXIT, KIND_OFFSET, TGID_FD
 from akto_collector.scanner import ProcessScanner
 
@@ -153,7 +153,12 @@ class Supervisor:
         try:
             if not self.start():
                 return EXIT_PROBES_FAILED
-            self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid())
+            status = compiled.module_status()
+            if "stale" in status.values():
+                self.log.warning("compiled_core_stale", detail="compiled modules older than their source "
+                                 "run old code; rebuild with make setup or pip install .", modules=status)
+            self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid(),
+                          core=compiled.summary(status))
             self.loop()
         except bpf.ProbeError as exc:
             self.log.error("probes_failed", error=str(exc))

@@ -13,6 +13,7 @@ show the overhead on the traced server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--workers", default="2")
+    ap.add_argument("--sink", choices=("kafka", "null"), default="kafka",
+                    help="null: JSON lines to /dev/null instead of the broker (the cost of Kafka, by difference)")
     ap.add_argument("--env", action="append", default=[], metavar="K=V", help="extra collector environment")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -127,13 +130,16 @@ def main() -> None:
             total, rate = wrk(url, args.seconds, args.connections, args.rate)
             per_req = (cpu_seconds(server) - cpu_before) / total * 1e6
             print(f"baseline (no collector): {rate:,.0f} requests/s, nginx CPU {per_req:.1f} us per request")
-        with TansuBroker(proxy=False) as broker:
-            env = dict(os.environ, AKTO_KAFKA_BROKER_MAL=broker.bootstrap, TRAFFIC_DISABLE_EGRESS="true",
+        with (TansuBroker(proxy=False) if args.sink == "kafka" else contextlib.nullcontext()) as broker:
+            env = dict(os.environ, TRAFFIC_DISABLE_EGRESS="true",
                        AKTO_WORKERS=args.workers, AKTO_STATS_INTERVAL="0.5",
                        CAPTURE_ALL="false" if args.tls else "true")
+            if broker is not None:
+                env["AKTO_KAFKA_BROKER_MAL"] = broker.bootstrap
             env.update(kv.split("=", 1) for kv in args.env)
             err = open(tmp / "collector.log", "wb")
-            col = subprocess.Popen([sys.executable, "-m", "akto_collector", "run"], cwd=REPO, env=env,
+            output = [] if broker is not None else ["--output", os.devnull]
+            col = subprocess.Popen([sys.executable, "-m", "akto_collector", "run", *output], cwd=REPO, env=env,
                                    stdout=subprocess.DEVNULL, stderr=err)
             deadline = time.monotonic() + 120
             while b'"ready"' not in (tmp / "collector.log").read_bytes():
@@ -143,6 +149,7 @@ def main() -> None:
             time.sleep(1.0)
             procs = tree(col.pid)
             cpu0 = cpu_seconds(procs)
+            each0 = [cpu_seconds([p]) for p in procs]
             wall0 = time.time()
             server_before = cpu_seconds(server)
             total, rate = wrk(url, args.seconds, args.connections, args.rate)
@@ -158,6 +165,7 @@ def main() -> None:
                 last = pairs
             elapsed = done - wall0
             cpu1 = cpu_seconds(procs)
+            each = [(cpu_seconds([p]) - c0) / elapsed * 100 for p, c0 in zip(procs, each0)]
             print(f"with collector: {rate:,.0f} requests/s served ({total:,} requests), "
                   f"nginx CPU {server_per_req:.1f} us per request")
             col.send_signal(signal.SIGTERM)
@@ -169,21 +177,26 @@ def main() -> None:
                 col.kill()
             err.close()
             t1 = time.monotonic()
-            got = broker.consume_all("akto.api.logs", timeout=300, idle=5.0)
-            consumed = sum(1 for r in got if b"/api/items" in r.value)
-            drops = {}
+            drops, delivered = {}, 0
             import orjson
             for line in (tmp / "collector.log").read_bytes().splitlines():
                 rec = orjson.loads(line)
                 if rec.get("event") == "stats_final":
                     drops = rec.get("drops", {})
-            print(f"pairs delivered to the broker: {consumed:,} of {total:,} requests "
+                    delivered = rec.get("counters", {}).get("sink.delivered", 0)
+            if broker is not None:
+                got = broker.consume_all("akto.api.logs", timeout=300, idle=5.0)
+                consumed = sum(1 for r in got if b"/api/items" in r.value)
+            else:
+                consumed = delivered
+            print(f"pairs delivered to {'the broker' if broker is not None else '/dev/null'}: {consumed:,} of {total:,} requests "
                   f"({consumed / elapsed:,.0f} pairs/s, load start to last pair; lost {max(0, total - consumed):,}"
                   f"{'' if consumed <= total else f', {consumed - total} in flight when wrk stopped'}); "
                   f"consumed back in {time.monotonic() - t1:.1f}s")
             print(f"collector drop counters: {drops or 'none'}")
             print(f"collector CPU, load start to last pair: {(cpu1 - cpu0) / elapsed * 100:.0f}% of one core; "
                   f"RSS {rss / 1e6:.0f} MB (supervisor + workers)")
+            print(f"  of which supervisor {each[0]:.0f}%, workers " + ", ".join(f"{c:.0f}%" for c in each[1:]))
     finally:
         nginx.terminate()
         nginx.wait(5)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the collector needs from the system, only what is missing:
 # Debian's bcc (python3-bpfcc), kernel headers (the nearest when the running
-# kernel has none), bpftool, tracefs. With --test also the real peers the
+# kernel has none), bpftool, tracefs, and a C compiler with Python's headers
+# (setup.py compiles the per-message modules with Cython). With --test also the real peers the
 # integration tests drive (nginx, curl, wget, node, openssl).
 set -euo pipefail
-want=(python3-bpfcc linux-headers-amd64 bpftool python3-venv)
+want=(python3-bpfcc linux-headers-amd64 bpftool python3-venv gcc python3-dev)
 if [[ "${1:-}" == "--test" ]]; then
   want+=(nginx-light curl wget openssl wrk)
   command -v node >/dev/null || want+=(nodejs)

@@ -1,0 +1,28 @@
+# Compiled form of http1.py (see docs/ARCHITECTURE.md, "Compiled core"):
+# the reader and pairer become extension types, so their fields are C
+# struct members instead of slot lookups. Keep each attribute list equal to
+# the class's __slots__ (a unit test checks).
+
+cdef class ExchangePairer:
+    cdef public object conn, role, tls, out, pending, requests, upgraded, _counters, _max_pending
+
+    cpdef request_done(self, req)
+    cpdef method_for_response(self)
+    cpdef response_done(self, resp)
+
+cdef class MessageReader:
+    cdef public object kind, direction, _limits, _counters, _pairer, _on_kind
+    cdef public object _state, _buf, _buf_ts, _scan, _line_ok, _line_start
+    cdef public object _msg, _is_req, _parts, _kept, _size, _cut, _remaining
+    cdef public object _coding, _taken, _upgrade, _alts, _alt_ts, _candidate
+
+    # Called per message: C calls instead of method lookups (still callable from Python).
+    cpdef _reset_message(self)
+    cpdef feed(self, data, ts, call_start=*)
+    cpdef _read_head(self, b, i, n, old, ts)
+    cpdef _parse_head(self, raw, ts)
+    cpdef _take(self, b, i, j)
+    cpdef _read_chunk_size(self, b, i, n)
+    cpdef _read_chunk_end(self, b, i, n)
+    cpdef _complete(self)
+    cpdef _finish(self, msg, body, size)

@@ -1,0 +1,76 @@
+"""The compiled form of the core (setup.py, *.pxd) stays true to the Python source."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from akto_collector import compiled
+
+PKG = Path(__file__).resolve().parents[2] / "akto_collector"
+
+
+def _pxd_classes(path: Path) -> dict[str, tuple[set[str], set[str]]]:
+    """class -> (declared fields, cpdef methods) of an augmenting .pxd."""
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        m = re.match(r"cdef class (\w+)", line)
+        if m:
+            current = out.setdefault(m[1], (set(), set()))
+            continue
+        m = re.match(r"\s+cdef public object (.+)", line)
+        if m and current is not None:
+            current[0].update(f.strip() for f in m[1].split(","))
+        m = re.match(r"\s+cpdef (\w+)\(", line)
+        if m and current is not None:
+            current[1].add(m[1])
+    return out
+
+
+def _source_classes(path: Path) -> dict[str, tuple[set[str], set[str]]]:
+    """class -> (__slots__, methods) as written in the .py source."""
+    out = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef):
+            slots: set[str] = set()
+            methods = set()
+            for item in node.body:
+                if isinstance(item, ast.Assign) and any(getattr(t, "id", "") == "__slots__" for t in item.targets):
+                    slots = set(ast.literal_eval(item.value))
+                elif isinstance(item, ast.FunctionDef):
+                    methods.add(item.name)
+            out[node.name] = (slots, methods)
+    return out
+
+
+PXDS = sorted(PKG.glob("*.pxd"))
+
+
+@pytest.mark.parametrize("pxd", PXDS, ids=[p.stem for p in PXDS])
+def test_pxd_declares_exactly_the_slots(pxd):
+    # A slot added in the .py but not in the .pxd would be an AttributeError
+    # only in the compiled form.
+    assert pxd.stem in compiled.MODULES
+    source = _source_classes(pxd.with_suffix(".py"))
+    for name, (fields, cpdefs) in _pxd_classes(pxd).items():
+        assert name in source, f"{pxd.name}: {name} is not a class of {pxd.stem}.py"
+        slots, methods = source[name]
+        assert fields == slots, f"{pxd.name}: {name} fields differ from __slots__"
+        assert cpdefs <= methods, f"{pxd.name}: cpdef of methods {name} does not have"
+
+
+def test_every_compiled_module_exists():
+    for name in compiled.MODULES:
+        assert (PKG / f"{name}.py").exists()
+
+
+def test_summary_names_what_is_not_compiled():
+    assert compiled.summary({"a": "compiled", "b": "compiled"}) == "compiled"
+    assert compiled.summary({"a": "interpreted"}) == "interpreted"
+    assert compiled.summary({"a": "compiled", "b": "stale", "c": "interpreted"}) == (
+        "mixed (stale: b, interpreted: c)"
+    )
