@@ -2,20 +2,23 @@
 
 Compiles probes/*.c with -D defines from the settings, attaches the syscall
 tracepoints and the TLS uprobes, drains the ring buffer in batches (the
-programs submit without waking us; a timer drains), and reads the in-kernel
-counters. Records are handed on raw: a 48-byte header (see RECORD) and the
+programs submit without waking us; a timer drains; the records are read
+from the map's memory by ringbuf.RingReader, not through bcc's per-record
+callback), and reads the in-kernel counters. Records are handed on raw: a 48-byte header (see RECORD) and the
 copied bytes, so the supervisor only routes and the workers decode.
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 from akto_collector.records import HDR_SIZE, LEN_OFFSET
+from akto_collector.ringbuf import RingReader
 
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
 
@@ -136,8 +139,7 @@ def cflags(opts: ProbeOptions) -> list[str]:
 class Probes:
     """Loaded programs, their maps and the uprobes attached so far."""
 
-    def __init__(self, opts: ProbeOptions, on_record) -> None:
-        """on_record(raw: bytes) is called for every ring buffer record."""
+    def __init__(self, opts: ProbeOptions) -> None:
         from bcc import BPF  # noqa: PLC0415 (import here: the rest of the module is usable without bcc)
 
         self._BPF = BPF
@@ -147,26 +149,20 @@ class Probes:
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise ProbeError(f"loading the BPF programs failed: {exc}") from exc
         self.uprobes: dict[tuple[int, int], list[str]] = {}
-        string_at = ctypes.string_at
-        u16 = ctypes.c_uint16.from_address
-
-        def _cb(_ctx, data, _size):
-            on_record(string_at(data, HDR_SIZE + u16(data + LEN_OFFSET).value))
-
-        self._cb = _cb  # keep a reference: bcc holds only a C pointer
-        self.bpf["events"].open_ring_buffer(_cb)
+        self.ring = RingReader(self.bpf["events"].map_fd, opts.ringbuf_pages * mmap.PAGESIZE,
+                               head=HDR_SIZE, used_at=LEN_OFFSET)
         self._ignore = self.bpf["ignore_tgid"]
         self._counters = self.bpf["counters"]
         self._tls_pids = self.bpf["tls_pids"] if opts.filter_tls_pids else None
 
     # -- data --------------------------------------------------------------
-    def drain(self) -> None:
-        """Hand every record waiting in the ring buffer to on_record."""
-        self.bpf.ring_buffer_consume()
+    def drain(self, out: list) -> int:
+        """Append every record waiting in the ring buffer (raw bytes) to ``out``."""
+        return self.ring.drain(out)
 
     def wait(self, timeout_ms: int) -> None:
         """Sleep until a record that asked for a wake-up arrives (exec), or timeout."""
-        self.bpf.ring_buffer_poll(timeout_ms)
+        self.ring.wait(timeout_ms / 1000)
 
     def counters(self) -> dict[str, int]:
         out = {}
@@ -236,6 +232,7 @@ class Probes:
 
     def close(self) -> None:
         """Detach everything: bcc closes the links and unloads the programs."""
+        self.ring.close()  # its mappings hold the map open
         self.bpf.cleanup()
 
 

@@ -12,7 +12,7 @@ import importlib
 import os
 
 # The hot path, in data-flow order (docs/ARCHITECTURE.md, "Compiled core").
-MODULES = ("events", "http1", "streams", "message", "filters", "worker", "sinks")
+MODULES = ("ringbuf", "supervisor", "events", "http1", "streams", "message", "filters", "worker", "sinks")
 
 
 def module_status() -> dict[str, str]:

@@ -128,6 +128,8 @@ class Supervisor:
         self.workers: list[WorkerHandle] = []
         self.probes: bpf.Probes | None = None
         self.batches: list[list[bytes]] = []
+        self.records: list[bytes] = []  # one drain's records, reused
+        self.ring_peak = 0  # most bytes found waiting in the ring buffer since the last stats line
         self.counters: Counter = Counter()  # the supervisor's own
         self.retired: Counter = Counter()  # last counters of workers that were replaced
         self.exec_pids: deque[int] = deque()
@@ -195,7 +197,7 @@ class Supervisor:
             filter_tls_pids=not s.probe_all_pid,
         )
         t0 = time.monotonic()
-        self.probes = bpf.Probes(opts, self.on_record)
+        self.probes = bpf.Probes(opts)
         self.probes.ignore_pid(os.getpid())
         for w in self.workers:
             self.probes.ignore_pid(w.pid)
@@ -221,7 +223,7 @@ class Supervisor:
         probes = self.probes
         while not self.stopping:
             probes.wait(DRAIN_INTERVAL_MS)
-            probes.drain()
+            self.drain()
             self.flush_batches()
             if self.signals:
                 self.dispatch_signal(self.signals.popleft())
@@ -268,7 +270,7 @@ class Supervisor:
             return
         self.shut_down = True
         if self.probes is not None:
-            self.probes.drain()
+            self.drain()
             self.flush_batches()
             kernel = self.probes.counters()
             self.probes.close()
@@ -296,17 +298,27 @@ class Supervisor:
             w.process.join(1.0)
             self.counters["queue.dropped_batches_at_stop"] += w.dropped_at_stop
 
-    # -- hot path: one call per ring buffer record --------------------------
-    def on_record(self, raw: bytes) -> None:
-        kind = raw[KIND_OFFSET]
-        if kind < KIND_EXEC:
-            batches = self.batches
-            batches[hash(raw[TGID_FD]) % len(batches)].append(raw)
-        elif kind == KIND_EXEC:
-            self.exec_pids.append(int.from_bytes(raw[24:28], "little"))
-        elif kind == KIND_EXIT:
-            for b in self.batches:
-                b.append(raw)
+    # -- hot path: every ring buffer record passes here ----------------------
+    def drain(self) -> None:
+        """Route the records waiting in the ring buffer to their workers' batches."""
+        records = self.records
+        ring = self.probes.ring
+        pending = ring.pending_bytes()
+        if pending > self.ring_peak:
+            self.ring_peak = pending
+        self.probes.drain(records)
+        batches = self.batches
+        n = len(batches)
+        for raw in records:
+            kind = raw[KIND_OFFSET]
+            if kind < KIND_EXEC:
+                batches[hash(raw[TGID_FD]) % n].append(raw)
+            elif kind == KIND_EXEC:
+                self.exec_pids.append(int.from_bytes(raw[24:28], "little"))
+            elif kind == KIND_EXIT:
+                for b in batches:
+                    b.append(raw)
+        records.clear()
 
     def flush_batches(self) -> None:
         for w, batch in zip(self.workers, self.batches):
@@ -368,7 +380,9 @@ class Supervisor:
                       records=total.get("worker.records", 0), pairs=total.get("pairs", 0),
                       drops=drops, counters=dict(sorted(total.items())), workers=per_worker,
                       uprobes=len(self.probes.uprobes) if self.probes else 0,
+                      ring_peak_pct=round(100 * self.ring_peak / self.probes.ring.size, 1) if self.probes else 0,
                       rss_mb=round(self.rss() / 1e6, 1))
+        self.ring_peak = 0
 
     def _make_heartbeat(self):
         if not self.settings.kafka_brokers:

@@ -177,10 +177,11 @@ def main() -> None:
                 col.kill()
             err.close()
             t1 = time.monotonic()
-            drops, delivered = {}, 0
+            drops, delivered, ring_peak = {}, 0, 0.0
             import orjson
             for line in (tmp / "collector.log").read_bytes().splitlines():
                 rec = orjson.loads(line)
+                ring_peak = max(ring_peak, rec.get("ring_peak_pct", 0))
                 if rec.get("event") == "stats_final":
                     drops = rec.get("drops", {})
                     delivered = rec.get("counters", {}).get("sink.delivered", 0)
@@ -193,13 +194,14 @@ def main() -> None:
                   f"({consumed / elapsed:,.0f} pairs/s, load start to last pair; lost {max(0, total - consumed):,}"
                   f"{'' if consumed <= total else f', {consumed - total} in flight when wrk stopped'}); "
                   f"consumed back in {time.monotonic() - t1:.1f}s")
-            print(f"collector drop counters: {drops or 'none'}")
+            print(f"collector drop counters: {drops or 'none'}; ring buffer at most {ring_peak}% full")
             print(f"collector CPU, load start to last pair: {(cpu1 - cpu0) / elapsed * 100:.0f}% of one core; "
                   f"RSS {rss / 1e6:.0f} MB (supervisor + workers)")
             print(f"  of which supervisor {each[0]:.0f}%, workers " + ", ".join(f"{c:.0f}%" for c in each[1:]))
     finally:
         nginx.terminate()
         nginx.wait(5)
+        shutil.copy(tmp / "collector.log", "/tmp/last-collector.log") if (tmp / "collector.log").exists() else None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
