@@ -679,3 +679,103 @@ def test_every_message_is_counted_exactly_once_through_producer_cycles(seed):
     assert counters["sink.sent"] == sent == _accounted(counters, sink)
     assert not sink._pending and not sink._inflight
     assert len(set(stored)) == len(stored) == counters["sink.delivered"]
+
+
+# -- records written straight into kafka-python's batches (_BatchAppender) ----
+
+
+@pytest.mark.parametrize("attrs", [0, 1, 3])  # none, gzip, lz4
+def test_batches_written_directly_equal_kafka_pythons_own(attrs):
+    from akto_collector.sinks import _same_batch_bytes
+
+    assert _same_batch_bytes(attrs)
+
+
+def _accumulator(batch_size=4096):
+    from kafka.producer.record_accumulator import RecordAccumulator
+
+    return RecordAccumulator(batch_size=batch_size, compression_attrs=3, linger_ms=100)
+
+
+def test_batch_appender_fills_batches_in_order_and_opens_new_ones_when_full():
+    from kafka.record.memory_records import MemoryRecords
+    from kafka.structs import TopicPartition
+
+    from akto_collector.sinks import _BatchAppender
+
+    acc = _accumulator()
+    appender = _BatchAppender.for_accumulator(acc)
+    assert appender is not None
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    sent = {tp0: [], tp1: []}
+    flags = []
+    for i in range(40):
+        tp = tp0 if i % 3 else tp1
+        value = b"%d:" % i + b"v" * 300
+        handle, full, new, abort = appender.append(tp, None, b"10.0.0.%d" % (i % 3), value, [])
+        sent[tp].append(value)
+        flags.append((tp, full, new))
+        assert not abort
+    assert [f for f in flags if f[0] == tp0][0][2]  # the first record of a partition opens its batch
+    assert any(full for tp, full, new in flags if tp == tp0)  # 4 KiB batches fill up
+    for tp in (tp0, tp1):
+        got = []
+        for batch in acc._batches[tp]:
+            assert batch in acc._incomplete.all()
+            batch.records.close()
+            for record_batch in MemoryRecords(bytes(batch.records.buffer())):
+                got.extend(bytes(r.value) for r in record_batch)
+        assert got == sent[tp]
+
+
+def test_batch_appender_outcomes_come_from_the_batch():
+    from kafka import errors
+    from kafka.structs import TopicPartition
+
+    from akto_collector.sinks import _BatchAppender
+
+    acc = _accumulator(batch_size=1 << 20)
+    appender = _BatchAppender.for_accumulator(acc)
+    tp = TopicPartition("t", 0)
+    def drain():  # as the sender thread does before sending
+        batch = acc._batches[tp].popleft()
+        batch.records.close()
+        return batch
+
+    handles = [appender.append(tp, None, b"k", b"v%d" % i, [])[0] for i in range(3)]
+    batch = drain()
+    assert not any(h.is_done for h in handles)
+    batch.complete(0, -1)
+    assert all(h.is_done and h.exception is None for h in handles)
+
+    handles = [appender.append(tp, None, b"k", b"w%d" % i, [])[0] for i in range(3)]
+    batch = drain()
+    refused = errors.InvalidRecordError("bad record")
+    batch.complete_exceptionally(errors.KafkaTimeoutError("expired"),
+                                 lambda i: refused if i == 1 else errors.KafkaTimeoutError("expired"))
+    assert isinstance(handles[0].exception, errors.KafkaTimeoutError)
+    assert handles[1].exception is refused
+
+
+def test_batch_appender_refuses_unexpected_internals():
+    from akto_collector.sinks import _BatchAppender
+
+    assert _BatchAppender.for_accumulator(types.SimpleNamespace()) is None
+    acc = _accumulator()
+    acc.config["message_version"] = 1
+    assert _BatchAppender.for_accumulator(acc) is None
+
+
+def test_batch_appender_never_writes_into_a_batch_the_sender_closed():
+    from kafka.structs import TopicPartition
+
+    from akto_collector.sinks import _BatchAppender
+
+    acc = _accumulator(batch_size=1 << 20)
+    appender = _BatchAppender.for_accumulator(acc)
+    tp = TopicPartition("t", 0)
+    appender.append(tp, None, b"k", b"a", [])
+    acc._batches[tp][0].records.close()  # drained and closed, not yet removed
+    _handle, full, new, _ = appender.append(tp, None, b"k", b"b", [])
+    assert new and full  # a second batch behind the closed one: the closed one is ready
+    assert len(acc._batches[tp]) == 2 and acc._batches[tp][1].records.next_offset() == 1
