@@ -30,6 +30,14 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # no compiler, no Python headers
             _warn(f"compiling the core failed ({exc}); installing it as plain Python")
 
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        # Replace the module file, never rewrite it in place: a running
+        # collector has the old one mapped, and truncating it under a process
+        # crashes that process. A new inode leaves the old mapping intact.
+        if str(outfile).endswith(".so") and os.path.exists(outfile):
+            os.unlink(outfile)
+        return super().copy_file(infile, outfile, *args, **kwargs)
+
     def build_extension(self, ext):
         try:
             super().build_extension(ext)

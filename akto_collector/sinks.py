@@ -428,12 +428,18 @@ class _InBatch:
 
     kafka-python completes a batch's future with (base offset, log append
     time, record_exceptions_fn), failures included; the function says what
-    happened to the record at an index. Only read once ``is_done``.
+    happened to the record at an index. Only read once ``is_done``. It sits
+    in the batch's list of record futures, so that a batch the broker finds
+    too large and kafka-python splits moves it to its new batch (rebind).
     """
 
     __slots__ = ("_batch", "_index")
 
     def __init__(self, batch_future: Any, index: int) -> None:
+        self._batch = batch_future
+        self._index = index
+
+    def rebind(self, batch_future: Any, index: int) -> None:
         self._batch = batch_future
         self._index = index
 
@@ -495,6 +501,9 @@ class _BatchAppender:
             appender = cls(accumulator)
             if appender._magic != 2 or not callable(appender._tp_lock) or not hasattr(appender._incomplete, "add"):
                 return None
+            probe = appender._new_batch(None, appender._new_records(2, appender._attrs, 1024))
+            if not isinstance(getattr(probe, "_record_futures", None), list):
+                return None  # a split batch could not carry our records' handles along
             if _same_batch_bytes(appender._attrs):
                 return appender
         except Exception:  # noqa: BLE001 (any surprise: use the accumulator's append)
@@ -526,8 +535,10 @@ class _BatchAppender:
                 self._incomplete.add(batch)
                 new_batch = True
             batch.last_append = now
+            handle = _InBatch(batch.produce_future, index)
+            batch._record_futures.append(handle)
             full = len(dq) > 1 or len(batch.records._builder._buffer) >= self._batch_size
-            return _InBatch(batch.produce_future, index), full, new_batch, False
+            return handle, full, new_batch, False
 
 
 def _same_batch_bytes(attrs: int) -> bool:

@@ -72,6 +72,12 @@ class WorkerHandle:
         data_rx.close()
         report_tx.close()
         self.queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
+        # Bytes waiting for this worker: its share of TRAFFIC_BUFFER_THRESHOLD
+        # (see worker.budget_shares). Each counter has one writer (the loop
+        # adds, the sender thread takes away), so no lock is needed.
+        self.max_queue_bytes = worker.budget_shares(settings)[0]
+        self.submitted_bytes = 0
+        self.sent_bytes = 0
         self.dropped = 0  # records lost because this worker's queue was full
         self.dropped_at_stop = 0  # batches dropped to make room for the stop order
         self.last_report: dict = {}
@@ -90,14 +96,25 @@ class WorkerHandle:
                 self.data_tx.send_bytes(blob)
             except (OSError, ValueError):
                 return
+            self.sent_bytes += len(blob)
             if not blob:
                 return
 
+    @property
+    def queued_bytes(self) -> int:
+        return self.submitted_bytes - self.sent_bytes
+
     def submit(self, blob: bytes, records: int) -> None:
+        queued = self.submitted_bytes - self.sent_bytes
+        if queued and queued + len(blob) > self.max_queue_bytes:  # an idle worker always gets one
+            self.dropped += records
+            return
         try:
             self.queue.put_nowait(blob)
         except queue.Full:
             self.dropped += records
+            return
+        self.submitted_bytes += len(blob)
 
     def read_reports(self) -> None:
         while self.report_rx.poll():
@@ -374,6 +391,7 @@ class Supervisor:
         total = self.totals()
         per_worker = [{"worker": w.index, "pid": w.pid, "connections": w.last_report.get("connections", 0),
                        "buffered": w.last_report.get("buffered", 0), "queue": w.queue.qsize(),
+                       "queued_bytes": w.queued_bytes,
                        "sink": w.last_report.get("sink", "")} for w in self.workers]
         drops = {k: v for k, v in total.items() if "dropped" in k and v}
         self.log.info("stats_final" if final else "stats",

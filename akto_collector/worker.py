@@ -47,6 +47,15 @@ def _address(family: int, raw: bytes, port: int) -> str:
     return join_host_port(ip, port)
 
 
+def budget_shares(settings) -> tuple[int, int, int]:
+    """One worker's share of TRAFFIC_BUFFER_THRESHOLD, in bytes: (records
+    queued for it in the supervisor, its stream buffers, its sink's queue)."""
+    budget = settings.buffer_threshold_bytes // max(1, settings.workers)
+    queued = budget // 4
+    streams = (budget - queued) // 2
+    return queued, streams, budget - queued - streams
+
+
 class Worker:
     """The per-shard pipeline; `handle_batch` is the hot path."""
 
@@ -54,10 +63,8 @@ class Worker:
         self.index = index
         self.settings = settings
         self.counters = counters if counters is not None else Counter()
-        budget = settings.buffer_threshold_bytes // max(1, settings.workers)
-        # Half the budget for stream buffers, half for messages the sink holds.
-        self.stream_budget = budget // 2
-        self.sink = make_sink(settings, output=output, counters=self.counters, max_buffer_bytes=budget // 2)
+        _queue, self.stream_budget, sink_budget = budget_shares(settings)
+        self.sink = make_sink(settings, output=output, counters=self.counters, max_buffer_bytes=sink_budget)
         self.encoder = MessageEncoder(settings.account_id, settings.vxlan_id, settings.daemonset_id)
         self.filter = PairFilter.from_settings(settings)
         self.limits = CoreLimits(max_body_bytes=settings.max_body_bytes)

@@ -779,3 +779,27 @@ def test_batch_appender_never_writes_into_a_batch_the_sender_closed():
     _handle, full, new, _ = appender.append(tp, None, b"k", b"b", [])
     assert new and full  # a second batch behind the closed one: the closed one is ready
     assert len(acc._batches[tp]) == 2 and acc._batches[tp][1].records.next_offset() == 1
+
+
+def test_batch_appender_records_follow_a_batch_kafka_python_splits():
+    # A broker that finds a batch too large makes kafka-python split it in
+    # two and send the halves; each record's outcome must follow its half.
+    from kafka import errors
+    from kafka.structs import TopicPartition
+
+    from akto_collector.sinks import _BatchAppender
+
+    acc = _accumulator(batch_size=1 << 20)
+    appender = _BatchAppender.for_accumulator(acc)
+    tp = TopicPartition("t", 0)
+    handles = [appender.append(tp, None, b"k", b"v%d" % i, [])[0] for i in range(5)]
+    batch = acc._batches[tp].popleft()
+    batch.records.close()
+    assert acc.split_and_reenqueue(batch) == 2
+    first, second = acc._batches[tp].popleft(), acc._batches[tp].popleft()
+    for half in (first, second):
+        half.records.close()
+    first.complete(0, -1)
+    second.complete_exceptionally(errors.KafkaTimeoutError("expired"), lambda i: errors.KafkaTimeoutError("x"))
+    assert [h.is_done for h in handles] == [True] * 5
+    assert [h.exception is None for h in handles] == [True, True, True, False, False]
