@@ -1,0 +1,12 @@
+# Compiled form of message.py (see docs/ARCHITECTURE.md, "Compiled core").
+# Keep the attribute list equal to MessageEncoder.__slots__ (a unit test checks).
+
+cimport cython
+from akto_collector.events cimport Exchange, HttpRequest, HttpResponse
+
+cdef class MessageEncoder:
+    cdef public object _account_id, _vxlan_id, _daemonset_id, _conns
+
+    # The pair's fields are C struct members: read directly, not looked up.
+    @cython.locals(exchange=Exchange, req=HttpRequest, resp=HttpResponse)
+    cpdef encode(self, exchange, meta)
