@@ -9,6 +9,7 @@ package installs as plain Python and works the same, only slower;
 ``akto-collector doctor`` and the ``ready`` log line say which form runs.
 """
 
+import json
 import os
 import sys
 
@@ -16,8 +17,9 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from akto_collector.compiled import MODULES  # noqa: E402 (no imports beyond the stdlib)
+from akto_collector.compiled import MODULES, STAMPS, source_hash  # noqa: E402 (stdlib only)
 
+PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "akto_collector")
 COMPILED = [f"akto_collector/{name}.py" for name in MODULES]
 
 
@@ -43,6 +45,10 @@ class OptionalBuildExt(build_ext):
             super().build_extension(ext)
         except Exception as exc:
             _warn(f"compiling {ext.name} failed ({exc}); it stays plain Python")
+            if self.inplace:  # an older build of it must not pass for this one
+                old = self.get_ext_fullpath(ext.name)
+                if os.path.exists(old):
+                    os.unlink(old)
 
 
 def _warn(text):
@@ -57,6 +63,11 @@ def extensions():
     except ImportError:
         _warn("Cython is not installed; the core stays plain Python")
         return []
+    # The source each module is compiled from, for compiled.module_status();
+    # written before the build so that a wheel carries it (package data).
+    stamps = {name: source_hash(PACKAGE, name) for name in MODULES}
+    with open(os.path.join(PACKAGE, STAMPS), "w", encoding="utf-8") as fh:
+        json.dump(stamps, fh, indent=1, sort_keys=True)
     return cythonize(
         COMPILED,
         quiet=True,
@@ -69,4 +80,9 @@ def extensions():
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    # Cython's C output is build output, not package data (probes/*.c is).
+    exclude_package_data={"akto_collector": [f"{name}.c" for name in MODULES]},
+)

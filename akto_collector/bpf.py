@@ -149,8 +149,12 @@ class Probes:
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise ProbeError(f"loading the BPF programs failed: {exc}") from exc
         self.uprobes: dict[tuple[int, int], list[str]] = {}
-        self.ring = RingReader(self.bpf["events"].map_fd, opts.ringbuf_pages * mmap.PAGESIZE,
-                               head=HDR_SIZE, used_at=LEN_OFFSET)
+        try:
+            self.ring = RingReader(self.bpf["events"].map_fd, opts.ringbuf_pages * mmap.PAGESIZE,
+                                   head=HDR_SIZE, used_at=LEN_OFFSET)
+        except (ValueError, OSError) as exc:
+            self.bpf.cleanup()
+            raise ProbeError(f"reading the ring buffer: {exc}") from exc
         self._ignore = self.bpf["ignore_tgid"]
         self._counters = self.bpf["counters"]
         self._tls_pids = self.bpf["tls_pids"] if opts.filter_tls_pids else None

@@ -2,32 +2,56 @@
 
 setup.py compiles ``MODULES`` with Cython where it can (about 25% less CPU
 per pair); the package works the same as plain Python. A compiled module
-older than its source would run yesterday's code, so that is reported
-(doctor, the ``ready`` log line) and refused by the test suite.
+whose source changed since it was built would run yesterday's code, so that
+is reported (doctor, the ``ready`` log line) and refused by the test suite.
+"Changed" is by content: setup.py writes each module's source hash to
+``STAMPS`` when it compiles; file times would not do, since installing a
+wheel writes the files in name order, the module before its source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
+
+STAMPS = "_build_stamps.json"  # in the package directory, next to the modules
 
 # The hot path, in data-flow order (docs/ARCHITECTURE.md, "Compiled core").
 MODULES = ("ringbuf", "supervisor", "events", "http1", "streams", "message", "filters", "worker", "sinks")
 
 
+def source_hash(package_dir: str, name: str) -> str:
+    """The hash of a module's source: its .py and, if there is one, its .pxd."""
+    digest = hashlib.sha256()
+    for ext in (".py", ".pxd"):
+        path = os.path.join(package_dir, name + ext)
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                digest.update(ext.encode() + b"\0" + fh.read() + b"\0")
+    return digest.hexdigest()
+
+
 def module_status() -> dict[str, str]:
-    """Module name -> "compiled", "interpreted" or "stale" (compiled, older than its source)."""
+    """Module name -> "compiled", "interpreted" or "stale" (compiled from other source)."""
     out = {}
+    stamps: dict[str, str] | None = None
     for name in MODULES:
         module = importlib.import_module(f"akto_collector.{name}")
         path = module.__file__ or ""
         if path.endswith(".py"):
             out[name] = "interpreted"
             continue
-        built = os.stat(path).st_mtime
-        base = os.path.join(os.path.dirname(path), name)
-        sources = [base + ext for ext in (".py", ".pxd") if os.path.exists(base + ext)]
-        out[name] = "stale" if any(os.stat(s).st_mtime > built for s in sources) else "compiled"
+        package_dir = os.path.dirname(path)
+        if stamps is None:
+            try:
+                with open(os.path.join(package_dir, STAMPS), encoding="utf-8") as fh:
+                    stamps = json.load(fh)
+            except (OSError, ValueError):
+                stamps = {}
+        same = stamps.get(name) == source_hash(package_dir, name)
+        out[name] = "compiled" if same else "stale"
     return out
 
 

@@ -17,10 +17,12 @@ Positions only grow; ``pos & (size - 1)`` is the offset in the data area.
 We stop at the first record still being written (the kernel reserves in
 order, so everything after it is newer) and publish the consumer position
 as we go, so the kernel regains room while a long drain runs.
-On x86 and arm64 the loads below are ordered enough: the kernel writes the
-record, then releases the producer position; we read the producer
-position, then the records before it (Python's slicing is a plain memcpy
-behind a function call, which the compiler cannot hoist).
+Ordering: libbpf reads the producer position and each header with acquire
+loads and publishes the consumer position with a release store. On x86-64
+(the only architecture the set-up supports: linux-headers-amd64) plain
+aligned loads and stores give exactly that (loads are not reordered with
+loads, stores not with earlier loads). On arm64 this reader would need
+real acquire/release operations; do not port it there without them.
 
 Records are reserved in a few fixed slot sizes, so a record's own header
 says how much of its slot is used (``used_at``: the offset of a u16 count
@@ -31,6 +33,7 @@ This module imports nothing from bcc: it needs only the map's fd.
 from __future__ import annotations
 
 import mmap
+import platform
 import select
 
 _BUSY = 1 << 31
@@ -46,6 +49,8 @@ class RingReader:
                  "_cons", "_prod", "_u32", "_u16", "_epoll")
 
     def __init__(self, map_fd: int, size: int, head: int, used_at: int) -> None:
+        if platform.machine() not in ("x86_64", "AMD64"):
+            raise ValueError(f"the ring buffer reader is written for x86-64's memory ordering, not {platform.machine()}")
         if size <= 0 or size & (size - 1):
             raise ValueError(f"ring buffer size must be a power of two, not {size}")
         if head % 2 or used_at % 2:

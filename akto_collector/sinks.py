@@ -478,7 +478,7 @@ class _BatchAppender:
     """
 
     __slots__ = ("_acc", "_batches", "_tp_lock", "_incomplete", "_new_records", "_new_batch",
-                 "_magic", "_attrs", "_batch_size")
+                 "_magic", "_attrs", "batch_size")
 
     def __init__(self, accumulator: Any) -> None:
         from kafka.producer.producer_batch import ProducerBatch
@@ -493,7 +493,9 @@ class _BatchAppender:
         self._new_batch = ProducerBatch
         self._magic = config["message_version"]
         self._attrs = config["compression_attrs"]
-        self._batch_size = config["batch_size"]
+        # Uncompressed bytes per new batch; the sink lowers it so that every
+        # partition's open batch can fill within its in-flight cap.
+        self.batch_size = config["batch_size"]
 
     @classmethod
     def for_accumulator(cls, accumulator: Any) -> _BatchAppender | None:
@@ -504,7 +506,7 @@ class _BatchAppender:
             probe = appender._new_batch(None, appender._new_records(2, appender._attrs, 1024))
             if not isinstance(getattr(probe, "_record_futures", None), list):
                 return None  # a split batch could not carry our records' handles along
-            if _same_batch_bytes(appender._attrs):
+            if _same_batch_bytes():
                 return appender
         except Exception:  # noqa: BLE001 (any surprise: use the accumulator's append)
             pass
@@ -528,7 +530,7 @@ class _BatchAppender:
                 if not batch.records._closed:
                     index = _write_record(batch.records, timestamp_ms, key, value)
             if index < 0:
-                records = self._new_records(self._magic, self._attrs, self._batch_size)
+                records = self._new_records(self._magic, self._attrs, self.batch_size)
                 batch = self._new_batch(tp, records, now=now)
                 index = _write_record(records, timestamp_ms, key, value)
                 dq.append(batch)
@@ -537,16 +539,22 @@ class _BatchAppender:
             batch.last_append = now
             handle = _InBatch(batch.produce_future, index)
             batch._record_futures.append(handle)
-            full = len(dq) > 1 or len(batch.records._builder._buffer) >= self._batch_size
+            builder = batch.records._builder
+            full = len(dq) > 1 or len(builder._buffer) >= builder._batch_size
             return handle, full, new_batch, False
 
 
-def _same_batch_bytes(attrs: int) -> bool:
-    """A batch written by _write_record equals one kafka-python writes itself."""
+def _same_batch_bytes() -> bool:
+    """A batch written by _write_record equals one kafka-python writes itself.
+
+    Compared uncompressed: compression is kafka-python's own step over the
+    same buffer, and gzip output carries a timestamp (two compressions a
+    second apart differ).
+    """
     from kafka.record.memory_records import MemoryRecordsBuilder
 
-    ours = MemoryRecordsBuilder(2, attrs, 1 << 16)
-    theirs = MemoryRecordsBuilder(2, attrs, 1 << 16)
+    ours = MemoryRecordsBuilder(2, 0, 1 << 16)
+    theirs = MemoryRecordsBuilder(2, 0, 1 << 16)
     ts = int(time.time() * 1000)
     for i, (key, value) in enumerate([(b"10.0.0.1", b"{}"), (b"k" * 70, b"v" * 300), (b"", b"x" * 20000)]):
         if _write_record(ours, ts + i * 1000, key, value) != i:
@@ -642,7 +650,7 @@ class KafkaSink:
         max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         topic: str | None = None,
         counter_prefix: str = "sink",
-        inflight_bytes: int = 4 << 20,
+        inflight_bytes: int = 16 << 20,
         backoff: tuple[float, float] = (0.5, 30.0),
         stall_seconds: float | None = None,
     ):
@@ -883,6 +891,14 @@ class KafkaSink:
         if self._append is None:
             self._append = _fast_append(producer) or False
         fast, wakeup = self._append or (None, None)
+        appender = getattr(fast, "__self__", None)
+        if type(appender) is _BatchAppender:
+            # A batch is sent early only when full, else after linger; the
+            # hand-over stops at the in-flight cap. Batches small enough that
+            # every partition's open batch fills within the cap keep the
+            # sender busy instead of waiting out the linger.
+            appender.batch_size = max(64 << 10, min(self._config["batch_size"],
+                                                    self._inflight_cap // (len(self._tps) + 1)))
         send, popleft, push = producer.send, pending.popleft, inflight.append
         small = self._fast_limit
         handed = 0

@@ -174,7 +174,7 @@ class Supervisor:
                 return EXIT_PROBES_FAILED
             status = compiled.module_status()
             if "stale" in status.values():
-                self.log.warning("compiled_core_stale", detail="compiled modules older than their source "
+                self.log.warning("compiled_core_stale", detail="compiled modules built from other source than theirs "
                                  "run old code; rebuild with make setup or pip install .", modules=status)
             self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid(),
                           core=compiled.summary(status))

@@ -1,8 +1,9 @@
 """Suite-wide set-up: which form of the compiled modules the tests exercise.
 
 By default the tests import the package as installed: the per-message
-modules compiled by setup.py where that worked. A compiled module older than
-its source would test yesterday's code, so the run stops and says so.
+modules compiled by setup.py where that worked. A compiled module built from
+other source than its current one would test yesterday's code, so the run
+stops and says so.
 With AKTO_PURE_PYTHON=1 the tests import the plain-Python sources instead,
 so both forms are checked (``make test`` runs the unit tests both ways).
 """
@@ -45,7 +46,7 @@ def pytest_configure(config):
     stale = sorted(name for name, state in status.items() if state == "stale")
     if stale:
         raise pytest.UsageError(
-            f"compiled modules older than their source: {', '.join(stale)}; rebuild with `make setup`"
+            f"compiled modules built from other source than theirs: {', '.join(stale)}; rebuild with `make setup`"
         )
     if PURE and set(status.values()) != {"interpreted"}:
         raise pytest.UsageError(f"AKTO_PURE_PYTHON=1 but compiled modules were imported: {status}")

@@ -74,3 +74,12 @@ def test_summary_names_what_is_not_compiled():
     assert compiled.summary({"a": "compiled", "b": "stale", "c": "interpreted"}) == (
         "mixed (stale: b, interpreted: c)"
     )
+
+
+def test_source_hash_covers_the_py_and_the_pxd(tmp_path):
+    (tmp_path / "m.py").write_text("x = 1\n")
+    plain = compiled.source_hash(str(tmp_path), "m")
+    (tmp_path / "m.pxd").write_text("cdef class C:\n    pass\n")
+    with_pxd = compiled.source_hash(str(tmp_path), "m")
+    (tmp_path / "m.py").write_text("x = 2\n")
+    assert len({plain, with_pxd, compiled.source_hash(str(tmp_path), "m")}) == 3
