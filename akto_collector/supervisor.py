@@ -72,10 +72,15 @@ class WorkerHandle:
         data_rx.close()
         report_tx.close()
         self.queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
-        # Bytes waiting for this worker: its share of TRAFFIC_BUFFER_THRESHOLD
-        # (see worker.budget_shares). Each counter has one writer (the loop
-        # adds, the sender thread takes away), so no lock is needed.
-        self.max_queue_bytes = worker.budget_shares(settings)[0]
+        # Bytes waiting for this worker: at least its queue share of
+        # TRAFFIC_BUFFER_THRESHOLD (worker.budget_shares), and whatever of the
+        # worker's whole share its streams and sink did not hold at its last
+        # report (a backlog usually comes with idle stream and sink buffers).
+        # Each counter has one writer (the loop adds, the sender thread takes
+        # away), so no lock is needed.
+        self.budget = settings.buffer_threshold_bytes // max(1, settings.workers)
+        self.min_queue_bytes = worker.budget_shares(settings)[0]
+        self.max_queue_bytes = self.budget - sum(worker.budget_shares(settings)[1:])
         self.submitted_bytes = 0
         self.sent_bytes = 0
         self.dropped = 0  # records lost because this worker's queue was full
@@ -123,6 +128,8 @@ class WorkerHandle:
             except (EOFError, OSError):
                 return
             self.last_seen = time.monotonic()
+            held = int(self.last_report.get("buffered", 0))
+            self.max_queue_bytes = max(self.min_queue_bytes, self.budget - held)
 
     def stop(self) -> None:
         """Ask the worker to flush and exit: an empty batch after its data. A

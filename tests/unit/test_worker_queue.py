@@ -35,6 +35,30 @@ def test_a_batch_beyond_the_byte_share_is_dropped_and_counted():
     assert h.queued_bytes == 600 and h.dropped == 4
 
 
+def test_the_queue_may_use_what_the_worker_itself_does_not_hold():
+    h = _handle(1000)
+    h.budget, h.min_queue_bytes = 4000, 1000
+    h.last_seen = 0.0
+    reports = [{"buffered": 500}, {"buffered": 3900}]
+
+    class Pipe:
+        def poll(self):
+            return bool(reports)
+
+        def recv(self):
+            return reports.pop(0)
+
+    h.report_rx = Pipe()
+    h.read_reports()  # both reports: the worker now holds 3900 of its 4000
+    assert h.max_queue_bytes == 1000  # never below the queue's own share
+    reports.append({"buffered": 500})
+    h.read_reports()
+    assert h.max_queue_bytes == 3500
+    h.submit(b"a" * 3000, records=1)
+    h.submit(b"b" * 400, records=1)
+    assert h.queued_bytes == 3400 and h.dropped == 0
+
+
 def test_an_idle_worker_always_gets_the_next_batch_even_a_large_one():
     h = _handle(1000)
     h.submit(b"x" * 5000, records=2)
