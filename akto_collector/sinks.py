@@ -343,13 +343,13 @@ _WAKEUP_EVERY = 64
 
 
 def _fast_append(producer: Any) -> Any:
-    """``(append, sender.wakeup)`` for a kafka-python 3.0 producer, or None.
+    """``(append, sender.wakeup, appender)`` for a kafka-python 3.0 producer, or None.
 
     ``append(tp, timestamp_ms, key, value, headers)`` has the signature and
     result of ``RecordAccumulator.append``: ``(future, batch_is_full,
-    new_batch, False)``. Where the batch internals look as expected it is a
-    ``_BatchAppender`` (records written straight into the open batch), else
-    the accumulator's own append. KafkaProducer.send() spends about a third
+    new_batch, False)``. Where the batch internals look as expected it is the
+    append of ``appender``, a ``_BatchAppender`` (records written straight
+    into the open batch), else the accumulator's own (``appender`` None). KafkaProducer.send() spends about a third
     of its time on checks that hold for every message we give it (types,
     headers, metadata present, partition valid, size: the caller ensures
     these) and on a debug log line that formats the producer every time.
@@ -369,7 +369,7 @@ def _fast_append(producer: Any) -> Any:
     if params[:5] != ["tp", "timestamp_ms", "key", "value", "headers"] or "abort_on_new_batch" not in params:
         return None
     appender = _BatchAppender.for_accumulator(accumulator)
-    return (appender.append if appender is not None else accumulator.append), wakeup
+    return (appender.append if appender is not None else accumulator.append), wakeup, appender
 
 
 # Zigzag varints of 0..63 (one byte each), the usual sizes of the small fields.
@@ -478,9 +478,10 @@ class _BatchAppender:
     """
 
     __slots__ = ("_acc", "_batches", "_tp_lock", "_incomplete", "_new_records", "_new_batch",
-                 "_magic", "_attrs", "batch_size")
+                 "_closed_error", "_magic", "_attrs", "batch_size")
 
     def __init__(self, accumulator: Any) -> None:
+        from kafka.errors import IllegalStateError
         from kafka.producer.producer_batch import ProducerBatch
         from kafka.record.memory_records import MemoryRecordsBuilder
 
@@ -491,6 +492,7 @@ class _BatchAppender:
         self._incomplete = accumulator._incomplete
         self._new_records = MemoryRecordsBuilder
         self._new_batch = ProducerBatch
+        self._closed_error = IllegalStateError
         self._magic = config["message_version"]
         self._attrs = config["compression_attrs"]
         # Uncompressed bytes per new batch; the sink lowers it so that every
@@ -514,10 +516,8 @@ class _BatchAppender:
 
     def append(self, tp: Any, timestamp_ms: Any, key: bytes, value: bytes, headers: Any,
                now: float | None = None, abort_on_new_batch: bool = False) -> tuple[Any, bool, bool, bool]:
-        from kafka import errors
-
         if self._acc._closed:
-            raise errors.IllegalStateError("RecordAccumulator is closed")
+            raise self._closed_error("RecordAccumulator is closed")
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
         now = time.monotonic() if now is None else now
@@ -684,6 +684,7 @@ class KafkaSink:
         self._tps: list[Any] = []  # their TopicPartitions
         self._partition_of: dict[bytes, Any] = {}  # key -> TopicPartition (see _partition_for)
         self._append: Any = None  # per producer: _fast_append(producer), or False
+        self._sized_for = -1  # the partition count the appender's batch size was set for
         # Larger messages go through producer.send(), which checks max_request_size.
         self._fast_limit = self._config["max_request_size"] - 1024
 
@@ -890,15 +891,17 @@ class KafkaSink:
             return
         if self._append is None:
             self._append = _fast_append(producer) or False
-        fast, wakeup = self._append or (None, None)
-        appender = getattr(fast, "__self__", None)
-        if type(appender) is _BatchAppender:
+            self._sized_for = -1
+        fast, wakeup, appender = self._append or (None, None, None)
+        if appender is not None and self._sized_for != len(self._tps):
             # A batch is sent early only when full, else after linger; the
             # hand-over stops at the in-flight cap. Batches small enough that
             # every partition's open batch fills within the cap keep the
             # sender busy instead of waiting out the linger.
+            self._sized_for = len(self._tps)
             appender.batch_size = max(64 << 10, min(self._config["batch_size"],
                                                     self._inflight_cap // (len(self._tps) + 1)))
+        ts_ms = int(time.time() * 1000)  # one record time per hand-over, as one clock read
         send, popleft, push = producer.send, pending.popleft, inflight.append
         small = self._fast_limit
         handed = 0
@@ -913,7 +916,7 @@ class KafkaSink:
                 else:
                     tp = partition_of.get(key) or self._partition_for(key)
                     if fast is not None and size <= small:
-                        future, batch_is_full, new_batch, _ = fast(tp, None, key, value, [])
+                        future, batch_is_full, new_batch, _ = fast(tp, ts_ms, key, value, [], now)
                         since_wakeup += 1
                         if batch_is_full or new_batch:
                             ready = True

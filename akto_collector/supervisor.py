@@ -78,9 +78,9 @@ class WorkerHandle:
         # report (a backlog usually comes with idle stream and sink buffers).
         # Each counter has one writer (the loop adds, the sender thread takes
         # away), so no lock is needed.
-        self.budget = settings.buffer_threshold_bytes // max(1, settings.workers)
-        self.min_queue_bytes = worker.budget_shares(settings)[0]
-        self.max_queue_bytes = self.budget - sum(worker.budget_shares(settings)[1:])
+        shares = worker.budget_shares(settings)
+        self.budget = sum(shares)
+        self.min_queue_bytes = self.max_queue_bytes = shares[0]
         self.submitted_bytes = 0
         self.sent_bytes = 0
         self.dropped = 0  # records lost because this worker's queue was full

@@ -354,7 +354,7 @@ def test_fast_append_only_for_the_expected_internals():
     transactional._transaction_manager = types.SimpleNamespace(is_transactional=lambda: True)
     assert _fast_append(transactional) is None
     producer = _FakeProducer()
-    assert _fast_append(producer) == (producer._accumulator.append, producer._sender.wakeup)
+    assert _fast_append(producer) == (producer._accumulator.append, producer._sender.wakeup, None)
 
 
 def test_hand_over_wakes_the_sender_for_the_first_ready_batch_then_sparingly():
@@ -833,7 +833,7 @@ def test_batches_are_sized_so_every_partition_can_fill_one_within_the_inflight_c
         sink._inflight_cap = 16 << 20
         sink.send(b"10.0.0.1", b"v")
         sink.poll()
-        appender = sink._append[0].__self__
+        appender = sink._append[2]
         assert type(appender) is _BatchAppender
         assert appender.batch_size == expect, n
         sink.close(0)
