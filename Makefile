@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 
 # The per-message modules are compiled with Cython (setup.py); an edit to
 # one of them recompiles just that one (build_ext is incremental).
-CORE   := $(wildcard akto_collector/*.py akto_collector/*.pxd) setup.py
+CORE   := $(wildcard akto_collector/*.py akto_collector/*.pxd akto_collector/*/*.py akto_collector/*/*.pxd) setup.py
 
 setup: system $(VENV)/.compiled
 
@@ -50,4 +50,5 @@ bench: setup test-deps
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache akto_collector/*.so akto_collector/*.c
+	rm -rf $(VENV) build *.egg-info .pytest_cache
+	find akto_collector -name '*.so' -delete -o -name '*.c' -delete

@@ -9,18 +9,39 @@ package installs as plain Python and works the same, only slower;
 ``akto-collector doctor`` and the ``ready`` log line say which form runs.
 """
 
+import glob
 import json
 import os
+import shutil
 import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from akto_collector.compiled import MODULES, STAMPS, source_hash  # noqa: E402 (stdlib only)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from akto_collector.compiled import MODULES, STAMPS, source_hash, source_path  # noqa: E402 (stdlib only)
 
-PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "akto_collector")
-COMPILED = [f"akto_collector/{name}.py" for name in MODULES]
+PACKAGE = os.path.join(HERE, "akto_collector")
+COMPILED = [os.path.relpath(source_path(PACKAGE, name), HERE) for name in MODULES]
+PROBES = os.path.join(HERE, "probes")
+
+
+class BuildPyWithProbes(build_py):
+    """Ships the kernel programs' sources (the top-level probes/) inside the
+    package, at akto_collector/kernel/probes/, where kernel.loader looks first.
+
+    In a checkout (or an editable install) the loader reads probes/ itself;
+    only a built copy (a wheel, ``pip install .``, the image) needs them moved in.
+    """
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "akto_collector", "kernel", "probes")
+        os.makedirs(target, exist_ok=True)
+        for path in sorted(glob.glob(os.path.join(PROBES, "*.[ch]"))):
+            shutil.copy2(path, target)
 
 
 class OptionalBuildExt(build_ext):
@@ -82,7 +103,7 @@ def extensions():
 
 setup(
     ext_modules=extensions(),
-    cmdclass={"build_ext": OptionalBuildExt},
-    # Cython's C output is build output, not package data (probes/*.c is).
-    exclude_package_data={"akto_collector": [f"{name}.c" for name in MODULES]},
+    cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithProbes},
+    # Cython's C output is build output, not package data.
+    exclude_package_data={"": ["*.c"]},
 )

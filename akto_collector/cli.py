@@ -1,7 +1,8 @@
 """Command line: `akto-collector run | doctor | version`.
 
-Exit codes: 0 clean stop, 2 bad configuration (one line on stderr naming
-the variable), 3 the kernel side could not be set up.
+Exit codes are ``exits``'s: 0 clean stop, 2 bad configuration (one line on
+stderr naming the variable), 3 the kernel side could not be set up, 4 a
+worker could not start.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import argparse
 import os
 import sys
 
-from akto_collector import __version__
-
-EXIT_CONFIG = 2
+from akto_collector import __version__, exits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "version":
         print(__version__)
-        return 0
+        return exits.OK
 
     from akto_collector.config import ConfigError, Settings, unknown_variables
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         print(f"akto-collector: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exits.CONFIG
 
     if args.command == "doctor":
         from akto_collector.doctor import run_checks
@@ -48,24 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         return run_checks(settings)
 
     if args.dump_bpf:
-        from akto_collector import bpf
+        from akto_collector.kernel import loader
 
-        print(bpf.dump_program(bpf.ProbeOptions(max_conn=settings.max_active_conn,
-                                                capture_plain=settings.capture_all,
-                                                capture_tls=settings.capture_ssl,
-                                                disable_egress=settings.disable_egress,
-                                                filter_tls_pids=not settings.probe_all_pid)))
+        print(loader.dump_program(loader.ProbeOptions.from_settings(settings)))
         return 0
 
-    from akto_collector import logging as logsetup
-    from akto_collector.supervisor import Supervisor
+    from akto_collector import logs
+    from akto_collector.supervisor.arbiter import Arbiter
 
-    log = logsetup.configure(settings.log_level, role="supervisor")
+    log = logs.configure(settings.log_level, role="supervisor")
     for name in unknown_variables(os.environ):
         log.warning("unknown_variable", variable=name)
     for text in settings.warnings():
         log.warning("config_warning", detail=text)
-    return Supervisor(settings, args.output, log).run()
+    return Arbiter(settings, args.output, log).run()
 
 
 if __name__ == "__main__":

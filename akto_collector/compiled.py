@@ -18,15 +18,34 @@ import os
 
 STAMPS = "_build_stamps.json"  # in the package directory, next to the modules
 
-# The hot path, in data-flow order (docs/ARCHITECTURE.md, "Compiled core").
-MODULES = ("ringbuf", "supervisor", "events", "http1", "streams", "message", "filters", "worker", "sinks")
+# The hot path, in data-flow order (docs/ARCHITECTURE.md, "Compiled core"):
+# modules of the package, as dotted names below it.
+MODULES = (
+    "kernel.ringbuf",
+    "supervisor.router",
+    "events",
+    "protocols.streams",
+    "protocols.http1",
+    "message",
+    "filters",
+    "worker",
+    "sinks.jsonl",
+    "sinks.kafka",
+    "sinks.kafka_batches",
+)
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def source_path(package_dir: str, name: str, ext: str = ".py") -> str:
+    """Where module ``name`` (dotted, below the package) has its source."""
+    return os.path.join(package_dir, *name.split(".")) + ext
 
 
 def source_hash(package_dir: str, name: str) -> str:
     """The hash of a module's source: its .py and, if there is one, its .pxd."""
     digest = hashlib.sha256()
     for ext in (".py", ".pxd"):
-        path = os.path.join(package_dir, name + ext)
+        path = source_path(package_dir, name, ext)
         if os.path.exists(path):
             with open(path, "rb") as fh:
                 digest.update(ext.encode() + b"\0" + fh.read() + b"\0")
@@ -43,14 +62,13 @@ def module_status() -> dict[str, str]:
         if path.endswith(".py"):
             out[name] = "interpreted"
             continue
-        package_dir = os.path.dirname(path)
         if stamps is None:
             try:
-                with open(os.path.join(package_dir, STAMPS), encoding="utf-8") as fh:
+                with open(os.path.join(PACKAGE_DIR, STAMPS), encoding="utf-8") as fh:
                     stamps = json.load(fh)
             except (OSError, ValueError):
                 stamps = {}
-        same = stamps.get(name) == source_hash(package_dir, name)
+        same = stamps.get(name) == source_hash(PACKAGE_DIR, name)
         out[name] = "compiled" if same else "stale"
     return out
 

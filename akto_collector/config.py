@@ -1,41 +1,48 @@
-"""Settings of the collector, read once from the environment.
+"""Settings of the collector: one table of variables, read once from the environment.
 
-``Settings.from_env(os.environ)`` returns a frozen, picklable ``Settings`` (the
-supervisor hands it to the workers) or raises ``ConfigError`` at the first bad
-value. The error's text is one line naming the variable, the value as given
-and what is expected; the CLI prints it and exits 2. The variable names and
-their meanings are those of Akto's DaemonSet guide, so an existing manifest
-keeps working; docs/configuration.md lists them all.
+``VARIABLES`` is the single statement of every setting: its environment
+name, the ``Settings`` field it fills, how its text is read (type, bounds,
+unit), its default, what it means, and where it acts. Everything else is
+made from it: the ``Settings`` dataclass and its defaults, ``from_env``,
+the error messages, ``KNOWN_VARIABLES``, and the tables of
+docs/configuration.md (``python -m akto_collector.config --markdown``; a
+unit test keeps the file equal to it).
+
+``Settings.from_env(os.environ)`` returns a frozen, picklable ``Settings``
+(the supervisor hands it to the workers) or raises ``ConfigError`` at the
+first bad value; its text is one line naming the variable, the value as
+given and what is expected. The CLI prints it and exits 2.
 
 Conventions: surrounding whitespace is ignored and an empty value counts as
 unset (Kubernetes manifests often carry ``value: ""``); booleans take
-true/false/1/0/yes/no/on/off in any case; numbers are plain decimals (no NaN,
-no infinity, no sign other than ``+``).
+true/false/1/0/yes/no/on/off in any case; numbers are plain decimals (no
+NaN, no infinity, no sign other than ``+``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import ipaddress
+import importlib.util
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from akto_collector.filters import DiscoveryRule, parse_discovery_config
-
-T = TypeVar("T")
+from akto_collector.addresses import parse_host_port, parse_host_port_list
+from akto_collector.filters import parse_discovery_config
 
 MAX_WORKERS = 64
 # The connection limit also sizes kernel maps; beyond this a typo (an extra
 # zero or three) would fail at probe load with an obscure error instead of here.
 MAX_ACTIVE_CONN_LIMIT = 1 << 20
 KAFKA_DEFAULT_PORT = 9092
-KAFKA_COMPRESSIONS = ("none", "gzip", "lz4", "snappy", "zstd")
+# Producer compression -> the Python module kafka-python needs for it.
+KAFKA_COMPRESSION_MODULES = {"none": None, "gzip": None, "lz4": "lz4.frame", "snappy": "snappy", "zstd": "zstandard"}
+KAFKA_COMPRESSIONS = tuple(KAFKA_COMPRESSION_MODULES)
 LOG_LEVELS = ("debug", "info", "warning", "error")
-DEFAULT_HEARTBEAT_TOPIC = "akto.daemonset.producer.heartbeats"
 
 # Inside Kubernetes the container's own /etc/machine-id belongs to the image
 # (identical on every node, or absent), so only the host's, mounted by the
@@ -43,43 +50,6 @@ DEFAULT_HEARTBEAT_TOPIC = "akto.daemonset.producer.heartbeats"
 HOST_MACHINE_ID_PATH = "/host/etc/machine-id"
 DEFAULT_MACHINE_ID_PATHS = (HOST_MACHINE_ID_PATH, "/etc/machine-id")
 
-KNOWN_VARIABLES = frozenset(
-    {
-        "AKTO_MODULE_DISCOVERY_CONFIG",
-        "TRAFFIC_INACTIVITY_THRESHOLD",
-        "TRAFFIC_MAX_ACTIVE_CONN",
-        "TRAFFIC_DISABLE_EGRESS",
-        "AKTO_MEM_THRESH_RESTART",
-        "TRAFFIC_BUFFER_THRESHOLD",
-        "AKTO_IGNORE_IP_TRAFFIC",
-        "AKTO_IGNORE_CLOUD_METADATA_CALLS",
-        "KAFKA_POLL_INTERVAL",
-        "UPROBE_POLL_INTERVAL",
-        "CAPTURE_ALL",
-        "CAPTURE_SSL",
-        "PROBE_ALL_PID",
-        "AKTO_KAFKA_BROKER_MAL",
-        "AKTO_NLB_IP",
-        "AKTO_KAFKA_TOPIC",
-        "AKTO_KAFKA_COMPRESSION",
-        "KAFKA_USERNAME",
-        "KAFKA_PASSWORD",
-        "USE_TLS",
-        "KAFKA_CA_FILE",
-        "AKTO_HEARTBEAT_TOPIC",
-        "AKTO_HEARTBEAT_INTERVAL",
-        "AKTO_MONGO_CONN",
-        "AKTO_WORKERS",
-        "AKTO_MAX_BODY_BYTES",
-        "AKTO_ACCOUNT_ID",
-        "AKTO_VXLAN_ID",
-        "AKTO_DAEMONSET_ID",
-        "NODE_NAME",
-        "POD_NAME",
-        "AKTO_LOG_LEVEL",
-        "AKTO_STATS_INTERVAL",
-    }
-)
 _CHECKED_PREFIXES = ("AKTO_", "TRAFFIC_")
 # Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_9092_TCP, ... for
 # every Service in the namespace; a Service named "akto-..." is no typo of ours.
@@ -87,15 +57,11 @@ _SERVICE_LINK = re.compile(
     r"[A-Z0-9_]+_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
     r"|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)"
 )
-
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _WHOLE = re.compile(r"\+?[0-9]+")
 _DECIMAL = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_TOPIC_EXPECTED = "expected a Kafka topic name (up to 249 of A-Z a-z 0-9 . _ -)"
-_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 _MONGO_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
 
 
@@ -103,43 +69,356 @@ class ConfigError(Exception):
     """A bad setting. ``str()`` is one line: the variable, its value, what is expected."""
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Every setting of the collector. Field defaults are the documented defaults
-    (``daemonset_id`` is only filled by ``from_env``)."""
+# --- how a value is read ---------------------------------------------------
 
-    discovery_rules: tuple[DiscoveryRule, ...] = ()
-    inactivity_threshold: float = 30.0  # seconds
-    max_active_conn: int = 4096
-    disable_egress: bool = False
-    mem_thresh_restart_mb: int = 800
-    buffer_threshold_mb: int = 600
-    ignore_ip_traffic: bool = False
-    ignore_cloud_metadata: bool = False
-    kafka_poll_interval: float = 0.5  # seconds
-    uprobe_poll_interval: float = 300.0  # seconds (the variable is in minutes)
-    capture_all: bool = True
-    capture_ssl: bool = True
-    probe_all_pid: bool = True
-    kafka_brokers: tuple[str, ...] = ()  # "host:port", IPv6 as "[addr]:port"; empty: stdout
-    kafka_topic: str = "akto.api.logs"
-    kafka_compression: str = "lz4"
-    kafka_username: str = ""
-    kafka_password: str = field(default="", repr=False)
-    kafka_use_tls: bool = False
-    kafka_ca_file: str = ""
-    heartbeat_topic: str = DEFAULT_HEARTBEAT_TOPIC
-    heartbeat_interval: float = 60.0  # seconds
-    mongo_conn: str = field(default="", repr=False)  # accepted for compatibility, unused
-    workers: int = field(default_factory=lambda: default_workers())
-    max_body_bytes: int = 1 << 20
-    account_id: str = "1000000"
-    vxlan_id: str = "0"
-    daemonset_id: str = ""
-    node_name: str = field(default_factory=socket.gethostname)
-    pod_name: str = ""
-    log_level: str = "info"
-    stats_interval: float = 10.0  # seconds
+
+class Reader:
+    """Turns a variable's text into a value; ``ValueError(expected)`` when it cannot."""
+
+    accepted = ""  # for the docs: what values are accepted
+    strip = True  # surrounding whitespace ignored, empty means unset
+
+    def read(self, raw: str) -> Any:
+        raise NotImplementedError
+
+
+class Boolean(Reader):
+    accepted = "boolean"
+
+    def read(self, raw: str) -> bool:
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError("expected true or false (also 1/0, yes/no, on/off)")
+
+
+class Whole(Reader):
+    def __init__(self, minimum: int, maximum: int | None = None, unit: str = "") -> None:
+        self.minimum, self.maximum, self.unit = minimum, maximum, unit
+        of = f" of {unit}" if unit else ""
+        if maximum is not None:
+            self.expected = f"expected a whole number{of} from {minimum} to {maximum}"
+            self.accepted = f"whole number, {minimum} to {maximum}"
+        elif minimum == 1:
+            self.expected = f"expected a positive whole number{of}"
+            self.accepted = f"positive whole number{of}"
+        else:
+            self.expected = f"expected a whole number{of}, {minimum} or more"
+            self.accepted = f"whole number, {minimum} or more"
+
+    def read(self, raw: str) -> int:
+        value = int(raw) if _WHOLE.fullmatch(raw) else None
+        if value is None or value < self.minimum or (self.maximum is not None and value > self.maximum):
+            raise ValueError(self.expected)
+        return value
+
+
+class Positive(Reader):
+    """A positive decimal in ``unit``, stored multiplied by ``scale`` (minutes as seconds)."""
+
+    def __init__(self, unit: str, scale: float = 1.0) -> None:
+        self.unit, self.scale = unit, scale
+        self.accepted = f"positive number of {unit}"
+
+    def read(self, raw: str) -> float:
+        value = float(raw) if _DECIMAL.fullmatch(raw) else None
+        if value is None or not 0.0 < value < float("inf"):
+            raise ValueError(f"expected a positive number of {self.unit}")
+        return value * self.scale
+
+
+class Choice(Reader):
+    def __init__(self, choices: Sequence[str], aliases: Mapping[str, str] | None = None) -> None:
+        self.choices, self.aliases = tuple(choices), dict(aliases or {})
+        self.accepted = ", ".join(f"`{c}`" for c in self.choices) + " (any case)"
+
+    def read(self, raw: str) -> str:
+        low = raw.lower()
+        low = self.aliases.get(low, low)
+        if low not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}")
+        return low
+
+
+class Text(Reader):
+    accepted = "any"
+
+    def read(self, raw: str) -> str:
+        return raw
+
+
+class Secret(Text):
+    """Taken exactly as given (a password may start or end with a space); never shown."""
+
+    strip = False
+
+
+class Parsed(Reader):
+    """A value read by ``parse``, whose ValueError text is the expectation
+    (or ``expected`` when given)."""
+
+    def __init__(self, parse: Callable[[str], Any], accepted: str, expected: str | None = None) -> None:
+        self.parse, self.accepted, self.expected = parse, accepted, expected
+
+    def read(self, raw: str) -> Any:
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise ValueError(self.expected or str(exc)) from None
+
+
+# --- computed defaults -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What defaults depend on besides the environment (replaced in tests)."""
+
+    in_kubernetes: bool = False
+    hostname: str = ""
+    cpu_count: int = 1
+    machine_id_paths: tuple[str, ...] = ()
+    node_name: str = ""  # NODE_NAME, or the host name
+
+
+@dataclasses.dataclass(frozen=True)
+class Computed:
+    """A default computed from the machine; ``doc`` says how, for the docs."""
+
+    compute: Callable[[Machine], Any]
+    doc: str
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, which honours cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(cpu_count: int | None = None) -> int:
+    return min(MAX_WORKERS, max(1, usable_cpus() if cpu_count is None else cpu_count))
+
+
+def default_daemonset_id(machine_id_paths: Sequence[str], fallback: str) -> str:
+    """A stable id for this host: the first 16 hex digits of a SHA-256 of its
+    machine id (the first readable, initialised one of ``machine_id_paths``),
+    else of ``fallback`` (the node name)."""
+    source = fallback
+    for path in machine_id_paths:
+        try:
+            with open(path, encoding="ascii") as fh:
+                machine_id = fh.read(256).strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if machine_id and machine_id != "uninitialized":
+            source = machine_id
+            break
+    # Hashed with a prefix of our own: the machine id itself is meant to stay
+    # private (machine-id(5)), and the result then means nothing elsewhere.
+    return hashlib.sha256(b"akto-collector:" + source.encode()).hexdigest()[:16]
+
+
+# --- value parsers -----------------------------------------------------------
+
+
+def _digits(raw: str) -> str:
+    # Akto keeps these ids as integers; the message carries them as strings.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError("expected a whole number")
+    return raw
+
+
+def _topic(raw: str) -> str:
+    if not _TOPIC.fullmatch(raw) or raw in (".", ".."):
+        raise ValueError("expected a Kafka topic name (up to 249 of A-Z a-z 0-9 . _ -)")
+    return raw
+
+
+def _readable_file(raw: str) -> str:
+    if not os.path.isfile(raw):
+        raise ValueError("expected the path of an existing file (a CA bundle in PEM)")
+    if not os.access(raw, os.R_OK):
+        raise ValueError("expected a file this process can read")
+    return raw
+
+
+def _broker_list(raw: str) -> tuple[str, ...]:
+    brokers = parse_host_port_list(raw)
+    if not brokers:
+        raise ValueError("expected host:port[,host:port...]")
+    return brokers
+
+
+def _nlb(raw: str) -> tuple[str, ...]:
+    return (parse_host_port(raw, KAFKA_DEFAULT_PORT),)
+
+
+def _compression(raw: str) -> str:
+    name = Choice(KAFKA_COMPRESSIONS).read(raw)
+    module = KAFKA_COMPRESSION_MODULES[name]
+    if module is not None and importlib.util.find_spec(module.partition(".")[0]) is None:
+        usable = ", ".join(n for n, m in KAFKA_COMPRESSION_MODULES.items()
+                           if m is None or importlib.util.find_spec(m.partition(".")[0]) is not None)
+        raise ValueError(f"needs the Python package {module.partition('.')[0]}, which is not installed; "
+                         f"expected one of {usable}")
+    return name
+
+
+# --- the table ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One setting. ``default`` is in the stored form (seconds, bytes...)."""
+
+    name: str  # the environment variable
+    field: str  # the Settings attribute it fills
+    reader: Reader
+    default: Any  # a value, or Computed
+    doc: str
+    section: str
+    enforced: str  # which stage acts on it
+    default_doc: str = ""  # the default as the docs show it, when not simply the value
+    secret: bool = False
+
+
+CAPTURE, LIMITS, OUTPUT, IDENTITY, OPERATION = (
+    "What is captured", "Limits", "Where the traffic goes", "Identity and message fields", "Operation")
+
+VARIABLES: tuple[Variable, ...] = (
+    # What is captured
+    Variable("AKTO_MODULE_DISCOVERY_CONFIG", "discovery_rules",
+             Parsed(parse_discovery_config, "JSON list of rules"), (),
+             "Header rules a request must pass to be sent; see [Discovery rules](#discovery-rules).",
+             CAPTURE, "`filters.PairFilter`, in the worker; drop reason `filter.discovery`",
+             default_doc="none: everything passes"),
+    Variable("CAPTURE_ALL", "capture_all", Boolean(), True,
+             "Capture plaintext socket traffic: what SSL termination at a proxy/service (or no TLS at all) "
+             "leaves in clear.", CAPTURE, "kernel (which programs are loaded)"),
+    Variable("CAPTURE_SSL", "capture_ssl", Boolean(), True,
+             "Capture TLS traffic at the application's TLS library (uprobes on `SSL_read`/`SSL_write`, ...). "
+             "With `CAPTURE_ALL=false` only this traffic is captured. `CAPTURE_ALL` and `CAPTURE_SSL` both "
+             "false is an error.", CAPTURE, "kernel, supervisor (uprobes)"),
+    Variable("TRAFFIC_DISABLE_EGRESS", "disable_egress", Boolean(), False,
+             "Drop calls the traced processes make (client side, message direction `2`); keep only the "
+             "requests they serve. The guide recommends keeping it false.", CAPTURE, "kernel and worker"),
+    Variable("AKTO_IGNORE_IP_TRAFFIC", "ignore_ip_traffic", Boolean(), False,
+             "Drop requests whose host is an IP literal: `10.0.0.1`, `10.0.0.1:80`, `[fd00::1]:8080`.",
+             CAPTURE, "`filters.PairFilter`; drop reason `filter.ip_host`"),
+    Variable("AKTO_IGNORE_CLOUD_METADATA_CALLS", "ignore_cloud_metadata", Boolean(), False,
+             "Drop calls to the cloud instance-metadata service: host or peer `169.254.169.254`, "
+             "`fd00:ec2::254` or `metadata.google.internal` (any port).",
+             CAPTURE, "`filters.PairFilter`; drop reason `filter.cloud_metadata`"),
+    Variable("PROBE_ALL_PID", "probe_all_pid", Boolean(), Computed(lambda m: not m.in_kubernetes,
+             "`true` outside Kubernetes, `false` inside (inside: `KUBERNETES_SERVICE_HOST` is set)"),
+             "Probe the TLS libraries of every process of the host; false: only of processes in containers. "
+             "The guide: set it true when running outside Kubernetes.", CAPTURE, "supervisor (uprobes)"),
+    Variable("UPROBE_POLL_INTERVAL", "uprobe_poll_interval", Positive("minutes", 60.0), 300.0,
+             "Minutes between scans of the running processes for new TLS libraries to probe (an exec also "
+             "triggers a scan). Stored in seconds.", CAPTURE, "supervisor (uprobes)", default_doc="`5` minutes"),
+    Variable("AKTO_MAX_BODY_BYTES", "max_body_bytes", Whole(0, unit="bytes"), 1 << 20,
+             "Bytes of a request or response body kept; the rest is cut and the message marked.",
+             CAPTURE, "protocols (`CoreLimits`)", default_doc="`1048576` (1 MiB)"),
+    # Limits
+    Variable("TRAFFIC_INACTIVITY_THRESHOLD", "inactivity_threshold", Positive("seconds"), 30.0,
+             "Seconds without bytes after which a connection is finished and forgotten; a late byte starts "
+             "a new stream.", LIMITS, "worker, kernel table expiry"),
+    Variable("TRAFFIC_MAX_ACTIVE_CONN", "max_active_conn", Whole(1, MAX_ACTIVE_CONN_LIMIT), 4096,
+             "Connections tracked at once (also the size of the kernel connection map). Beyond it, idle "
+             "ones expire first, then new ones are refused and counted.", LIMITS, "kernel maps, worker"),
+    Variable("TRAFFIC_BUFFER_THRESHOLD", "buffer_threshold_mb", Whole(1, unit="MB"), 600,
+             "MB of traffic held at once: records queued for the workers, their stream buffers and the "
+             "sink's queue together; beyond it the oldest is dropped and counted.", LIMITS,
+             "supervisor (queues), worker, sinks"),
+    Variable("AKTO_MEM_THRESH_RESTART", "mem_thresh_restart_mb", Whole(1, unit="MB"), 800,
+             "MB of memory (private memory of supervisor and workers) beyond which the collector flushes, "
+             "detaches and restarts itself. Keep the container's memory limit above it.",
+             LIMITS, "supervisor (memory guard)"),
+    Variable("AKTO_WORKERS", "workers", Whole(1, MAX_WORKERS), Computed(lambda m: default_workers(m.cpu_count),
+             f"CPUs this process may use (its affinity), at most {MAX_WORKERS}"),
+             "Worker processes (each owns a shard of the connections).", LIMITS, "supervisor"),
+    # Where the traffic goes
+    Variable("AKTO_KAFKA_BROKER_MAL", "kafka_brokers", Parsed(_broker_list, "`host:port[,host:port...]`; IPv6 as "
+             "`[addr]:port`; port 1-65535; no scheme"), (),
+             "Kafka bootstrap brokers. Wins over `AKTO_NLB_IP`. With neither set, each message is written "
+             "to stdout as one JSON line.", OUTPUT, "sinks", default_doc="unset"),
+    Variable("AKTO_NLB_IP", "kafka_brokers", Parsed(_nlb, "`host` or `host:port` (port 9092 unless given); IPv6 "
+             "as `[addr]`, `[addr]:port` or bare `addr`"), (),
+             "The service IP or load balancer name of the Akto Traffic Processor. Used when "
+             "`AKTO_KAFKA_BROKER_MAL` is unset.", OUTPUT, "sinks", default_doc="unset"),
+    Variable("AKTO_KAFKA_TOPIC", "kafka_topic", Parsed(_topic, "Kafka topic name: 1-249 of `A-Z a-z 0-9 . _ -`"),
+             "akto.api.logs", "Topic of the traffic messages.", OUTPUT, "sinks"),
+    Variable("AKTO_KAFKA_COMPRESSION", "kafka_compression",
+             Parsed(_compression, "`none`, `gzip`, `lz4`, `snappy`, `zstd` (any case; snappy needs "
+                    "python-snappy installed)"),
+             "lz4", "Producer compression.", OUTPUT, "sinks"),
+    Variable("KAFKA_POLL_INTERVAL", "kafka_poll_interval", Positive("seconds"), 0.5,
+             "Seconds between sends of the batched messages to the data processor.", OUTPUT, "sinks"),
+    Variable("KAFKA_USERNAME", "kafka_username", Text(), "", "SASL/PLAIN username; requires `KAFKA_PASSWORD`.",
+             OUTPUT, "sinks", default_doc="unset"),
+    Variable("KAFKA_PASSWORD", "kafka_password", Secret(), "", "SASL/PLAIN password; never logged; requires "
+             "`KAFKA_USERNAME`.", OUTPUT, "sinks", default_doc="unset", secret=True),
+    Variable("USE_TLS", "kafka_use_tls", Boolean(), False, "TLS to the brokers.", OUTPUT, "sinks"),
+    Variable("KAFKA_CA_FILE", "kafka_ca_file", Parsed(_readable_file, "path of an existing, readable file"), "",
+             "CA bundle (PEM) to verify the brokers.", OUTPUT, "config (exists), sinks", default_doc="unset"),
+    Variable("AKTO_KAFKA_BATCH_WRITER", "kafka_batch_writer", Boolean(), True,
+             "Write records straight into kafka-python's open batches (`sinks/kafka_batches.py`, about half "
+             "the CPU per message); false: only kafka-python's public `send()`.", OUTPUT, "sinks"),
+    Variable("AKTO_HEARTBEAT_TOPIC", "heartbeat_topic", Parsed(_topic, "Kafka topic name"),
+             "akto.daemonset.producer.heartbeats", "Topic of the collector's heartbeats.", OUTPUT,
+             "supervisor (heartbeats)"),
+    Variable("AKTO_HEARTBEAT_INTERVAL", "heartbeat_interval", Positive("seconds"), 60.0,
+             "Seconds between heartbeats.", OUTPUT, "supervisor (heartbeats)"),
+    Variable("AKTO_MONGO_CONN", "mongo_conn", Secret(), "",
+             "Accepted so existing manifests keep working; not used. Its password is masked in logs.",
+             OUTPUT, "nothing", default_doc="unset", secret=True),
+    # Identity and message fields
+    Variable("AKTO_ACCOUNT_ID", "account_id", Parsed(_digits, "whole number (kept as a string)"), "1000000",
+             "`akto_account_id` of every message.", IDENTITY, "`message`"),
+    Variable("AKTO_VXLAN_ID", "vxlan_id", Parsed(_digits, "whole number (kept as a string)"), "0",
+             "`akto_vxlan_id` of every message.", IDENTITY, "`message`"),
+    Variable("AKTO_DAEMONSET_ID", "daemonset_id", Text(), Computed(
+             lambda m: default_daemonset_id(m.machine_id_paths, m.node_name),
+             "first 16 hex digits of a SHA-256 of the host's machine id (`/host/etc/machine-id`, then, "
+             "outside Kubernetes, `/etc/machine-id`), else of the node name"),
+             "`daemonset_id` of every message and the key of every heartbeat: a stable id of this "
+             "collector's host.", IDENTITY, "`message`, heartbeats"),
+    Variable("NODE_NAME", "node_name", Text(), Computed(lambda m: m.hostname, "the host name"),
+             "Node (host) name, for heartbeats and logs. The DaemonSet sets it from the downward API.",
+             IDENTITY, "heartbeats, logs"),
+    Variable("POD_NAME", "pod_name", Text(), "", "The collector's own pod, for heartbeats and logs. The "
+             "DaemonSet sets it from the downward API.", IDENTITY, "heartbeats, logs", default_doc="empty"),
+    # Operation
+    Variable("AKTO_LOG_LEVEL", "log_level", Choice(LOG_LEVELS, {"warn": "warning"}), "info",
+             "Least severe log level written (`warn` means `warning`).", OPERATION, "`logs`"),
+    Variable("AKTO_STATS_INTERVAL", "stats_interval", Positive("seconds"), 10.0,
+             "Seconds between the summary log lines of counters (events, pairs, bytes, drops by reason).",
+             OPERATION, "supervisor"),
+)
+
+KNOWN_VARIABLES = frozenset(v.name for v in VARIABLES)
+_BY_NAME = {v.name: v for v in VARIABLES}
+# AKTO_KAFKA_BROKER_MAL and AKTO_NLB_IP fill the same field: the first wins.
+_FIELDS: dict[str, Variable] = {}
+for _v in VARIABLES:
+    _FIELDS.setdefault(_v.field, _v)
+
+
+def _field_default(var: Variable) -> dataclasses.Field:
+    if isinstance(var.default, Computed):
+        compute = var.default.compute
+        return dataclasses.field(default_factory=lambda: compute(_this_machine({})), repr=not var.secret)
+    return dataclasses.field(default=var.default, repr=not var.secret)
+
+
+class _SettingsMethods:
+    """What Settings does beyond holding the table's fields."""
+
+    __slots__ = ()
 
     @property
     def buffer_threshold_bytes(self) -> int:
@@ -164,56 +443,14 @@ class Settings:
         machine (for tests): the machine-id files tried in order for the
         default ``daemonset_id``, the host name, the number of usable CPUs.
         """
-        e = _EnvReader(env)
-        in_kubernetes = bool(e.get("KUBERNETES_SERVICE_HOST"))
-        node_name = e.text("NODE_NAME", hostname if hostname is not None else socket.gethostname())
-        if machine_id_paths is None:
-            machine_id_paths = (
-                (HOST_MACHINE_ID_PATH,) if in_kubernetes else DEFAULT_MACHINE_ID_PATHS
-            )
-        if cpu_count is None:
-            cpu_count = usable_cpus()
-
-        settings = cls(
-            discovery_rules=e.parse(
-                "AKTO_MODULE_DISCOVERY_CONFIG", (), parse_discovery_config, None
-            ),
-            inactivity_threshold=e.positive("TRAFFIC_INACTIVITY_THRESHOLD", 30.0, "seconds"),
-            max_active_conn=e.whole("TRAFFIC_MAX_ACTIVE_CONN", 4096, 1, MAX_ACTIVE_CONN_LIMIT),
-            disable_egress=e.boolean("TRAFFIC_DISABLE_EGRESS", False),
-            mem_thresh_restart_mb=e.whole("AKTO_MEM_THRESH_RESTART", 800, 1, None, "MB"),
-            buffer_threshold_mb=e.whole("TRAFFIC_BUFFER_THRESHOLD", 600, 1, None, "MB"),
-            ignore_ip_traffic=e.boolean("AKTO_IGNORE_IP_TRAFFIC", False),
-            ignore_cloud_metadata=e.boolean("AKTO_IGNORE_CLOUD_METADATA_CALLS", False),
-            kafka_poll_interval=e.positive("KAFKA_POLL_INTERVAL", 0.5, "seconds"),
-            uprobe_poll_interval=60.0 * e.positive("UPROBE_POLL_INTERVAL", 5.0, "minutes"),
-            capture_all=e.boolean("CAPTURE_ALL", True),
-            capture_ssl=e.boolean("CAPTURE_SSL", True),
-            probe_all_pid=e.boolean("PROBE_ALL_PID", not in_kubernetes),
-            kafka_brokers=_read_brokers(e),
-            kafka_topic=e.parse("AKTO_KAFKA_TOPIC", "akto.api.logs", _topic, _TOPIC_EXPECTED),
-            kafka_compression=e.choice("AKTO_KAFKA_COMPRESSION", "lz4", KAFKA_COMPRESSIONS),
-            kafka_username=e.text("KAFKA_USERNAME", ""),
-            kafka_password=e.secret("KAFKA_PASSWORD"),
-            kafka_use_tls=e.boolean("USE_TLS", False),
-            kafka_ca_file=e.parse("KAFKA_CA_FILE", "", _readable_file, None),
-            heartbeat_topic=e.parse(
-                "AKTO_HEARTBEAT_TOPIC", DEFAULT_HEARTBEAT_TOPIC, _topic, _TOPIC_EXPECTED
-            ),
-            heartbeat_interval=e.positive("AKTO_HEARTBEAT_INTERVAL", 60.0, "seconds"),
-            mongo_conn=e.secret("AKTO_MONGO_CONN"),
-            workers=e.whole("AKTO_WORKERS", min(MAX_WORKERS, max(1, cpu_count)), 1, MAX_WORKERS),
-            max_body_bytes=e.whole("AKTO_MAX_BODY_BYTES", 1 << 20, 0, None, "bytes"),
-            account_id=e.parse("AKTO_ACCOUNT_ID", "1000000", _digits, "expected a whole number"),
-            vxlan_id=e.parse("AKTO_VXLAN_ID", "0", _digits, "expected a whole number"),
-            daemonset_id=e.text("AKTO_DAEMONSET_ID", "")
-            or default_daemonset_id(machine_id_paths, node_name),
-            node_name=node_name,
-            pod_name=e.text("POD_NAME", ""),
-            log_level=e.choice("AKTO_LOG_LEVEL", "info", LOG_LEVELS, aliases={"warn": "warning"}),
-            stats_interval=e.positive("AKTO_STATS_INTERVAL", 10.0, "seconds"),
-        )
-        _check_combinations(settings, e)
+        machine = _this_machine(env, machine_id_paths, hostname, cpu_count)
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            if var.field in values and values[var.field] != _default_of(var, machine):
+                continue  # AKTO_KAFKA_BROKER_MAL was given: AKTO_NLB_IP is not read
+            values[var.field] = read_variable(var, env, machine)
+        settings = cls(**values)
+        _check_combinations(settings, env)
         return settings
 
     def describe(self) -> dict[str, Any]:
@@ -223,12 +460,12 @@ class Settings:
             value = getattr(self, name)
             if name == "discovery_rules":
                 value = [rule.describe() for rule in value]
-            elif name == "kafka_brokers":
+            elif isinstance(value, tuple):
                 value = list(value)
-            elif name == "kafka_password":
-                value = "***" if value else ""
             elif name == "mongo_conn":
                 value = _MONGO_PASSWORD.sub(r"\1***@", value)
+            elif _FIELDS[name].secret:
+                value = "***" if value else ""
             out[name] = value
         return out
 
@@ -242,67 +479,41 @@ class Settings:
                 "restarts on memory before the buffer limit can act"
             )
         if not self.kafka_brokers:
-            unused = [
-                name
-                for name, value in (
-                    ("KAFKA_USERNAME", self.kafka_username),
-                    ("USE_TLS", self.kafka_use_tls),
-                    ("KAFKA_CA_FILE", self.kafka_ca_file),
-                )
-                if value
-            ]
+            unused = [name for name, value in (("KAFKA_USERNAME", self.kafka_username), ("USE_TLS", self.kafka_use_tls),
+                                               ("KAFKA_CA_FILE", self.kafka_ca_file)) if value]
             if unused:
-                notes.append(
-                    f"{', '.join(unused)} set but no broker (AKTO_KAFKA_BROKER_MAL or "
-                    "AKTO_NLB_IP): messages go to stdout"
-                )
+                notes.append(f"{', '.join(unused)} set but no broker (AKTO_KAFKA_BROKER_MAL or "
+                             "AKTO_NLB_IP): messages go to stdout")
         return notes
 
 
-def unknown_variables(env: Mapping[str, str]) -> list[str]:
-    """Names in ``env`` that look like ours (AKTO_*, TRAFFIC_*) but are not read:
-    probably typos, worth a warning. Kubernetes service links are left out."""
-    return sorted(
-        name
-        for name in env
-        if name.startswith(_CHECKED_PREFIXES)
-        and name not in KNOWN_VARIABLES
-        and not _SERVICE_LINK.fullmatch(name)
-    )
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(field, object, _field_default(var)) for field, var in _FIELDS.items()],
+    bases=(_SettingsMethods,),
+    frozen=True,
+    slots=True,
+)
+Settings.__module__ = __name__  # make_dataclass(module=) is Python 3.12+; pickle needs it
+Settings.__doc__ = "Every setting of the collector: one field per row of ``VARIABLES`` (frozen, picklable)."
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, which honours cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+# --- reading ------------------------------------------------------------------
 
 
-def default_workers() -> int:
-    return min(MAX_WORKERS, max(1, usable_cpus()))
+def _this_machine(env: Mapping[str, str], machine_id_paths: Sequence[str] | None = None,
+                  hostname: str | None = None, cpu_count: int | None = None) -> Machine:
+    in_kubernetes = bool(str(env.get("KUBERNETES_SERVICE_HOST", "")).strip())
+    hostname = socket.gethostname() if hostname is None else hostname
+    if machine_id_paths is None:
+        machine_id_paths = (HOST_MACHINE_ID_PATH,) if in_kubernetes else DEFAULT_MACHINE_ID_PATHS
+    node = str(env.get("NODE_NAME", "")).strip() or hostname
+    return Machine(in_kubernetes, hostname, usable_cpus() if cpu_count is None else cpu_count,
+                   tuple(machine_id_paths), node)
 
 
-def default_daemonset_id(machine_id_paths: Sequence[str], fallback: str) -> str:
-    """A stable id for this host: the first 16 hex digits of a SHA-256 of its
-    machine id (the first readable, initialised one of ``machine_id_paths``),
-    else of ``fallback`` (the node name)."""
-    source = fallback
-    for path in machine_id_paths:
-        try:
-            with open(path, encoding="ascii") as fh:
-                machine_id = fh.read(256).strip()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if machine_id and machine_id != "uninitialized":
-            source = machine_id
-            break
-    # Hashed with a prefix of our own: the machine id itself is meant to stay
-    # private (machine-id(5)), and the result then means nothing elsewhere.
-    return hashlib.sha256(b"akto-collector:" + source.encode()).hexdigest()[:16]
-
-
-# --- reading values ------------------------------------------------------
+def _default_of(var: Variable, machine: Machine) -> Any:
+    return var.default.compute(machine) if isinstance(var.default, Computed) else var.default
 
 
 def _show(raw: str) -> str:
@@ -312,210 +523,84 @@ def _show(raw: str) -> str:
     return repr(raw)
 
 
-class _EnvReader:
-    """Typed access to the environment; every failure is a ConfigError."""
-
-    __slots__ = ("env",)
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def get(self, name: str) -> str | None:
-        """The stripped value, or None when unset or empty."""
-        raw = self.env.get(name)
-        if raw is None:
-            return None
-        raw = str(raw).strip()
-        return raw or None
-
-    def fail(self, name: str, expected: str) -> ConfigError:
-        return ConfigError(f"{name}={_show(str(self.env.get(name, '')))}: {expected}")
-
-    def text(self, name: str, default: str) -> str:
-        raw = self.get(name)
-        return default if raw is None else raw
-
-    def secret(self, name: str) -> str:
-        # Taken as given (a password may start or end with a space).
-        raw = self.env.get(name)
-        return "" if raw is None else str(raw)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        low = raw.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise self.fail(name, "expected true or false (also 1/0, yes/no, on/off)")
-
-    def whole(
-        self, name: str, default: int, minimum: int, maximum: int | None, unit: str = ""
-    ) -> int:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        value = int(raw) if _WHOLE.fullmatch(raw) else None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            of = f" of {unit}" if unit else ""
-            if maximum is not None:
-                expected = f"expected a whole number{of} from {minimum} to {maximum}"
-            elif minimum == 1:
-                expected = f"expected a positive whole number{of}"
-            else:
-                expected = f"expected a whole number{of}, {minimum} or more"
-            raise self.fail(name, expected)
-        return value
-
-    def positive(self, name: str, default: float, unit: str) -> float:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        value = float(raw) if _DECIMAL.fullmatch(raw) else None
-        if value is None or not 0.0 < value < float("inf"):
-            raise self.fail(name, f"expected a positive number of {unit}")
-        return value
-
-    def choice(
-        self,
-        name: str,
-        default: str,
-        choices: Sequence[str],
-        aliases: Mapping[str, str] | None = None,
-    ) -> str:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        low = raw.lower()
-        low = (aliases or {}).get(low, low)
-        if low not in choices:
-            raise self.fail(name, f"expected one of {', '.join(choices)}")
-        return low
-
-    def parse(
-        self, name: str, default: T, parser: Callable[[str], T], expected: str | None
-    ) -> T:
-        """Apply ``parser``; its ValueError becomes the expectation (or ``expected``)."""
-        raw = self.get(name)
-        if raw is None:
-            return default
-        try:
-            return parser(raw)
-        except ValueError as exc:
-            raise self.fail(name, expected or str(exc)) from None
-
-
-def _digits(raw: str) -> str:
-    # Akto keeps these ids as integers; the message carries them as strings.
-    if not (raw.isascii() and raw.isdigit()):
-        raise ValueError(raw)
-    return raw
-
-
-def _topic(raw: str) -> str:
-    if not _TOPIC.fullmatch(raw) or raw in (".", ".."):
-        raise ValueError(raw)
-    return raw
-
-
-def _readable_file(raw: str) -> str:
-    if not os.path.isfile(raw):
-        raise ValueError("expected the path of an existing file (a CA bundle in PEM)")
-    if not os.access(raw, os.R_OK):
-        raise ValueError("expected a file this process can read")
-    return raw
-
-
-def _read_brokers(e: _EnvReader) -> tuple[str, ...]:
-    """AKTO_KAFKA_BROKER_MAL (a list, ports required) wins over AKTO_NLB_IP (one
-    address, port 9092 unless given). Neither: no Kafka."""
-    if e.get("AKTO_KAFKA_BROKER_MAL") is not None:
-        return e.parse("AKTO_KAFKA_BROKER_MAL", (), _broker_list, None)
-    if e.get("AKTO_NLB_IP") is not None:
-        return e.parse(
-            "AKTO_NLB_IP",
-            (),
-            lambda raw: (_host_port(raw, KAFKA_DEFAULT_PORT),),
-            None,
-        )
-    return ()
-
-
-def _broker_list(raw: str) -> tuple[str, ...]:
-    items = [item.strip() for item in raw.split(",")]
-    brokers = tuple(_host_port(item, None) for item in items if item)
-    if not brokers:
-        raise ValueError("expected host:port[,host:port...]")
-    return brokers
-
-
-def _host_port(item: str, default_port: int | None) -> str:
-    """Validate ``host[:port]`` and return it as ``host:port`` (IPv6 bracketed).
-    ``default_port`` None means the port is required."""
-    form = "host:port[,host:port...]" if default_port is None else "host or host:port"
-
-    def bad(why: str) -> ValueError:
-        return ValueError(f"expected {form} ({why})")
-
-    if "://" in item:
-        raise bad(f"{item!r}: no scheme, just the address")
-    if item.startswith("["):
-        host, closed, rest = item[1:].partition("]")
-        if not closed or not _is_ipv6(host):
-            raise bad(f"{item!r} is not a bracketed IPv6 address")
-        if rest and not rest.startswith(":"):
-            raise bad(f"unexpected {rest!r} after ']'")
-        port_text = rest[1:] if rest else None
-        host = f"[{host}]"
-    elif item.count(":") >= 2:
-        if default_port is None or not _is_ipv6(item):
-            raise bad(f"{item!r}: write IPv6 addresses in brackets, [addr]:port")
-        host, port_text = f"[{item}]", None
-    else:
-        host, colon, port_text_raw = item.partition(":")
-        port_text = port_text_raw if colon else None
-        if re.fullmatch(r"[0-9.]+", host):
-            try:
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                raise bad(f"{host!r} is not an IPv4 address") from None
-        elif not _HOSTNAME.fullmatch(host):
-            raise bad(f"{host!r} is not a host name or address")
-    if port_text is None:
-        if default_port is None:
-            raise bad(f"{item!r} has no port")
-        port = default_port
-    else:
-        port = int(port_text) if port_text.isascii() and port_text.isdigit() else 0
-        if not 1 <= port <= 65535:
-            raise bad(f"port {port_text!r} is not 1 to 65535")
-    return f"{host}:{port}"
-
-
-def _is_ipv6(text: str) -> bool:
+def read_variable(var: Variable, env: Mapping[str, str], machine: Machine) -> Any:
+    """The variable's value from ``env`` (its default when unset or empty);
+    ConfigError naming it when the text is not acceptable."""
+    raw = env.get(var.name)
+    if raw is None:
+        return _default_of(var, machine)
+    raw = str(raw)
+    text = raw.strip() if var.reader.strip else raw
+    if not text:
+        return _default_of(var, machine)
     try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
+        return var.reader.read(text)
+    except ValueError as exc:
+        raise ConfigError(f"{var.name}={_show(raw)}: {exc}") from None
+    except RecursionError:  # a JSON value nested beyond reason
+        raise ConfigError(f"{var.name}={_show(raw)}: nested too deeply") from None
 
 
-def _check_combinations(s: Settings, e: _EnvReader) -> None:
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """Names in ``env`` that look like ours (AKTO_*, TRAFFIC_*) but are not read:
+    probably typos, worth a warning. Kubernetes service links are left out."""
+    return sorted(
+        name
+        for name in env
+        if name.startswith(_CHECKED_PREFIXES) and name not in KNOWN_VARIABLES and not _SERVICE_LINK.fullmatch(name)
+    )
+
+
+def _check_combinations(s: Settings, env: Mapping[str, str]) -> None:
     if not s.capture_all and not s.capture_ssl:
         raise ConfigError(
-            f"CAPTURE_ALL={_show(e.env.get('CAPTURE_ALL', ''))} and "
-            f"CAPTURE_SSL={_show(e.env.get('CAPTURE_SSL', ''))}: nothing would be captured; "
-            "expected at least one of them true"
+            f"CAPTURE_ALL={_show(env.get('CAPTURE_ALL', ''))} and CAPTURE_SSL={_show(env.get('CAPTURE_SSL', ''))}: "
+            "nothing would be captured; expected at least one of them true"
         )
     if s.kafka_username and not s.kafka_password:
         raise ConfigError(
-            f"KAFKA_USERNAME={_show(s.kafka_username)}: KAFKA_PASSWORD is not set; "
-            "expected both or neither"
+            f"KAFKA_USERNAME={_show(s.kafka_username)}: KAFKA_PASSWORD is not set; expected both or neither"
         )
     if s.kafka_password and not s.kafka_username:
         # The password itself is never echoed.
-        raise ConfigError(
-            "KAFKA_PASSWORD=<set>: KAFKA_USERNAME is not set; expected both or neither"
-        )
+        raise ConfigError("KAFKA_PASSWORD=<set>: KAFKA_USERNAME is not set; expected both or neither")
+
+
+# --- docs ----------------------------------------------------------------------
+
+DOCS_BEGIN = "<!-- variables: made by `python -m akto_collector.config --markdown`; do not edit -->"
+DOCS_END = "<!-- end of variables -->"
+
+
+def _default_text(var: Variable) -> str:
+    if var.default_doc:
+        return var.default_doc
+    if isinstance(var.default, Computed):
+        return var.default.doc
+    value = var.default
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def markdown_tables() -> str:
+    """The variable tables of docs/configuration.md, one per section."""
+    out = [DOCS_BEGIN]
+    for section in (CAPTURE, LIMITS, OUTPUT, IDENTITY, OPERATION):
+        out += ["", f"### {section}", "", "| Variable | Meaning | Default | Accepted | Where it acts |",
+                "|---|---|---|---|---|"]
+        for v in VARIABLES:
+            if v.section == section:
+                out.append(f"| `{v.name}` (`{v.field}`) | {v.doc} | {_default_text(v)} | {v.reader.accepted} | "
+                           f"{v.enforced} |")
+    out += ["", DOCS_END]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(markdown_tables())
+    else:
+        sys.exit("usage: python -m akto_collector.config --markdown")

@@ -51,6 +51,7 @@ class DataEvent(NamedTuple):
     offset: int
     flags: int
     data: bytes
+    proto: int = 0  # protocols.PROTO_*, as the kernel classified the connection
 
 
 class _Record:
@@ -77,25 +78,30 @@ class _Record:
 
 
 class HttpRequest(_Record):
-    __slots__ = ("method", "target", "version", "headers", "body", "body_cut", "body_size", "ts")
+    __slots__ = ("method", "target", "version", "headers", "body", "body_cut", "body_size", "ts", "grpc_sizes")
 
     def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]],
-                 body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0):
+                 body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0,
+                 grpc_sizes: list[int] | None = None):
         self.method = method
-        self.target = target  # as sent, query string included
-        self.version = version  # "HTTP/1.1"
+        self.target = target  # as sent, query string included (HTTP/2: :path)
+        self.version = version  # the message's "type": "HTTP/1.1", "HTTP/2.0", "gRPC"
         self.headers = headers  # names as sent, in order, repeats kept
         self.body = body  # de-chunked, Content-Encoding undone, at most the body limit
         self.body_cut = body_cut  # body longer than the limit, or bytes of it missing
         self.body_size = body_size  # size of the whole body on the wire (after de-chunking) where known
         self.ts = ts  # wall-clock seconds when its first byte was seen
+        # gRPC: the body is its messages' bytes concatenated (decompressed);
+        # these are their sizes, so a consumer can split them. None: not gRPC.
+        self.grpc_sizes = grpc_sizes
 
 
 class HttpResponse(_Record):
-    __slots__ = ("version", "status", "reason", "headers", "body", "body_cut", "body_size", "ts")
+    __slots__ = ("version", "status", "reason", "headers", "body", "body_cut", "body_size", "ts", "grpc_sizes")
 
     def __init__(self, version: str, status: int, reason: str, headers: list[tuple[str, str]],
-                 body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0):
+                 body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0,
+                 grpc_sizes: list[int] | None = None):
         self.version = version
         self.status = status
         self.reason = reason
@@ -104,19 +110,24 @@ class HttpResponse(_Record):
         self.body_cut = body_cut
         self.body_size = body_size
         self.ts = ts
+        self.grpc_sizes = grpc_sizes
 
 
 class Exchange(_Record):
     """One request paired with its response, on one connection."""
 
-    __slots__ = ("conn", "role", "tls", "request", "response")
+    __slots__ = ("conn", "role", "tls", "request", "response", "extra")
 
-    def __init__(self, conn: ConnId, role: int, tls: bool, request: HttpRequest, response: HttpResponse):
+    def __init__(self, conn: ConnId, role: int, tls: bool, request: HttpRequest, response: HttpResponse,
+                 extra: dict[str, str] | None = None):
         self.conn = conn
         self.role = role  # ROLE_SERVER or ROLE_CLIENT
         self.tls = tls
         self.request = request
         self.response = response
+        # Fields the protocol adds to the message, as strings (HTTP/2: the
+        # stream id; a long stream's part number). None: nothing to add.
+        self.extra = extra
 
 
 @dataclass(slots=True)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from akto_collector.events import ROLE_CLIENT, Exchange
+from akto_collector.addresses import host_of
+from akto_collector.events import Exchange
 
 # Drop reasons, as counted by the worker.
 DROP_DISCOVERY = "filter.discovery"
@@ -175,12 +176,7 @@ def _split_host(host: str) -> tuple[str, _Ip | None]:
 
 @lru_cache(maxsize=4096)
 def _split_host_cached(host: str) -> tuple[str, _Ip | None]:
-    h = host.strip().lower()
-    if h.startswith("["):  # [v6] or [v6]:port
-        h = h[1:].partition("]")[0]
-    elif h.count(":") == 1:  # name:port or v4:port; bare IPv6 has two or more
-        h = h.partition(":")[0]
-    h = h.rstrip(".")
+    h = host_of(host.strip().lower()).rstrip(".")
     try:
         ip = ipaddress.ip_address(h)
     except ValueError:
@@ -202,12 +198,6 @@ def is_cloud_metadata_host(host: str) -> bool:
     if ip is not None:
         return ip in CLOUD_METADATA_IPS
     return name in CLOUD_METADATA_NAMES
-
-
-def role_allowed(role: int, disable_egress: bool) -> bool:
-    """Whether pairs of this role are captured: with egress disabled, only
-    ``ROLE_CLIENT`` (the traced process made the call) is refused."""
-    return not (disable_egress and role == ROLE_CLIENT)
 
 
 # --- the filter ----------------------------------------------------------

@@ -9,8 +9,11 @@ whole sample when a JSON-looking request body lacks its closing bracket.
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 
+from akto_collector.addresses import host_of
 from akto_collector.events import ROLE_CLIENT, ConnMeta, Exchange
 
 # How the values of a header sent several times are joined. Set-Cookie values
@@ -75,8 +78,10 @@ class MessageEncoder:
             "type": req.version,
             "requestHeaders": req_json.decode(),
             "responseHeaders": _dumps(resp_headers).decode(),
-            "requestPayload": payload_text(req.body, req.body_cut, req.body_size),
-            "responsePayload": payload_text(resp.body, resp.body_cut, resp.body_size),
+            "requestPayload": payload_text(req.body, req.body_cut, req.body_size) if req.grpc_sizes is None
+            else grpc_text(req.body),
+            "responsePayload": payload_text(resp.body, resp.body_cut, resp.body_size) if resp.grpc_sizes is None
+            else grpc_text(resp.body),
             "statusCode": str(status),
             "status": f"{status} {resp.reason}" if resp.reason else str(status),
         })
@@ -98,6 +103,8 @@ class MessageEncoder:
             resp.body_size,
             _TRUE if exchange.tls else _FALSE,
         )
+        if req.grpc_sizes is not None or resp.grpc_sizes is not None or exchange.extra:
+            value = value[:-1] + b"," + _dumps(_extra_fields(exchange))[1:]
         return conn[1], value
 
     def _conn_fields(self, meta: ConnMeta, client: bool) -> tuple[dict, bytes, bytes, bytes]:
@@ -115,7 +122,7 @@ class MessageEncoder:
             "daemonset_id": self._daemonset_id,
             "tag": _dumps(meta.tags).decode() if meta.tags else "{}",
         })[1:-1]
-        key = _ip_only(meta.local if client else meta.peer).encode()
+        key = host_of(meta.local if client else meta.peer).encode()
         return dict(meta.tags or {}), key, ip, middle
 
 
@@ -194,19 +201,29 @@ def payload_text(body: bytes, cut: bool, size: int) -> str:
     return text
 
 
+def grpc_text(body: bytes) -> str:
+    """gRPC messages are protobuf, binary: base64 of their bytes (as Akto's collector sends them)."""
+    return base64.b64encode(body).decode("ascii")
+
+
+def _extra_fields(exchange: Exchange) -> dict[str, str]:
+    """The fields a protocol adds: gRPC message sizes (a JSON array string each), then its own."""
+    out = {}
+    sizes = exchange.request.grpc_sizes
+    if sizes is not None:
+        out["requestGrpcMessageSizes"] = _dumps(sizes).decode()
+    sizes = exchange.response.grpc_sizes
+    if sizes is not None:
+        out["responseGrpcMessageSizes"] = _dumps(sizes).decode()
+    if exchange.extra:
+        out.update(exchange.extra)
+    return out
+
+
 def _default_host(target: str, address: str) -> str:
     # Absolute-form target (a request to a proxy): the authority it names.
     if target[:7].lower() == "http://" or target[:8].lower() == "https://":
         authority = target.split("/", 3)[2]
         if authority:
             return authority.rpartition("@")[2]
-    return address
-
-
-def _ip_only(address: str) -> str:
-    """ "10.0.0.1:80" -> "10.0.0.1", "[::1]:80" -> "::1"."""
-    if address.startswith("["):
-        return address[1:].partition("]")[0]
-    if address.count(":") == 1:
-        return address.partition(":")[0]
     return address

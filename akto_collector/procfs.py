@@ -1,8 +1,9 @@
-"""What /proc says about a process's socket, for connections that predate us.
+"""What /proc says about a process: its name, start time, and sockets.
 
-New connections get their addresses from the kernel (the socket's state
-change); one opened before the collector started has none, and is looked up
-here by its socket inode in the process's own network namespace.
+Every function takes the /proc root first (tests pass a fake tree). New
+connections get their addresses from the kernel (the socket's state change);
+one opened before the collector started has none, and is looked up here by
+its socket inode in the process's own network namespace.
 """
 
 from __future__ import annotations
@@ -10,19 +11,44 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from akto_collector.addresses import join_host_port
 
-def process_comm(pid: int, proc: str = "/proc") -> str:
+
+def read_stat(proc_root: str, pid: int) -> tuple[str, int, int]:
+    """(comm, flags, start_time) from /proc/PID/stat; raises OSError."""
+    with open(f"{proc_root}/{pid}/stat", "rb") as f:
+        data = f.read()
+    # comm may itself contain spaces and parentheses: it ends at the last ')'.
+    lpar, rpar = data.find(b"("), data.rfind(b")")
+    if lpar < 0 or rpar < 0:
+        raise OSError(f"malformed {proc_root}/{pid}/stat")
+    comm = os.fsdecode(data[lpar + 1 : rpar])
+    fields = data[rpar + 2 :].split()  # fields[0] is field 3 (state)
+    if len(fields) < 20:
+        raise OSError(f"malformed {proc_root}/{pid}/stat")
+    return comm, int(fields[6]), int(fields[19])
+
+
+def process_start_time(proc_root: str, pid: int) -> int:
+    """Start time of the process in clock ticks after boot (field 22 of
+    /proc/PID/stat): with the pid, it names one process across pid reuse.
+    Raises OSError when the process is gone or unreadable."""
+    return read_stat(proc_root, pid)[2]
+
+
+def process_comm(proc_root: str, pid: int) -> str:
+    """The process's command name (/proc/PID/comm), "" if it cannot be read."""
     try:
-        with open(f"{proc}/{pid}/comm", "rb") as f:
-            return f.read().strip().decode("utf-8", "replace")
+        with open(f"{proc_root}/{pid}/comm", "rb") as f:
+            return os.fsdecode(f.read().rstrip(b"\n"))
     except OSError:
         return ""
 
 
-def socket_addresses(pid: int, fd: int, proc: str = "/proc") -> tuple[str, str] | None:
+def socket_addresses(proc_root: str, pid: int, fd: int) -> tuple[str, str] | None:
     """(local "ip:port", peer "ip:port") of a TCP socket fd, or None."""
     try:
-        link = os.readlink(f"{proc}/{pid}/fd/{fd}")
+        link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
     except OSError:
         return None
     if not link.startswith("socket:["):
@@ -30,7 +56,7 @@ def socket_addresses(pid: int, fd: int, proc: str = "/proc") -> tuple[str, str] 
     inode = link[8:-1]
     for name, v6 in (("tcp", False), ("tcp6", True)):
         try:
-            with open(f"{proc}/{pid}/net/{name}", "rb") as f:
+            with open(f"{proc_root}/{pid}/net/{name}", "rb") as f:
                 next(f)
                 for line in f:
                     parts = line.split()
@@ -51,6 +77,3 @@ def _endpoint(field: bytes, v6: bool) -> str:
         ip = ip.ipv4_mapped
     return join_host_port(str(ip), int(hexport, 16))
 
-
-def join_host_port(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

@@ -15,8 +15,8 @@ import signal
 import time
 from collections import Counter
 
-from akto_collector import logging as logsetup
-from akto_collector.records import (
+from akto_collector import exits, logs
+from akto_collector.kernel.records import (
     ADDR,
     HDR_SIZE,
     KIND_ADDR,
@@ -29,11 +29,11 @@ from akto_collector.records import (
 from akto_collector.events import ROLE_CLIENT, ROLE_SERVER, ConnId, ConnMeta, DataEvent
 from akto_collector.filters import PairFilter
 from akto_collector.message import MessageEncoder
-from akto_collector.procfs import join_host_port, process_comm, socket_addresses
+from akto_collector.addresses import host_of, join_host_port
+from akto_collector.procfs import process_comm, socket_addresses
 from akto_collector.sinks import make_sink
-from akto_collector.streams import ConnectionStream, CoreLimits
+from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 
-EXIT_BOOT_FAILED = 3  # the supervisor must not respawn a worker that cannot boot
 REPORT_EVERY = 1.0
 AF_INET = 2
 
@@ -86,7 +86,7 @@ class Worker:
         off, end = 0, len(blob)
         n = 0
         while off < end:
-            ts_ns, gen, call_pos, tgid, fd, total, offset, ln, kind, flags, direction, role, _ = unpack(blob, off)
+            ts_ns, gen, call_pos, tgid, fd, total, offset, ln, kind, flags, direction, role, proto, _ = unpack(blob, off)
             start = off + HDR_SIZE
             off = start + ln
             n += 1
@@ -105,7 +105,7 @@ class Worker:
                     if cs.finished:  # CONNECT/Upgrade: tunnel bytes until close
                         continue
                     for ex in cs.on_event(DataEvent(conn, ts, direction, call_pos, total, offset, flags,
-                                                    blob[start:off])):
+                                                    blob[start:off], proto)):
                         self.emit(ex)
                 elif kind == KIND_ADDR or kind == KIND_OPEN:
                     self.on_address(conn, kind, role, blob[start:off], ts)
@@ -162,7 +162,7 @@ class Worker:
         if meta is None or not meta.local:
             meta = self._resolve(ex.conn, meta)
         self.meta_seen[ex.conn] = ex.response.ts
-        peer_ip = meta.peer.rsplit(":", 1)[0].strip("[]") if meta.peer else None
+        peer_ip = host_of(meta.peer) if meta.peer else None
         host = meta.local if ex.role == ROLE_SERVER else meta.peer
         reason = self.filter.check(ex, host=host or None, peer_ip=peer_ip)
         if reason:
@@ -177,8 +177,8 @@ class Worker:
         if meta is None:
             meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd)
         if not meta.comm:
-            meta.comm = process_comm(conn.tgid)
-        found = socket_addresses(conn.tgid, conn.fd)
+            meta.comm = process_comm("/proc", conn.tgid)
+        found = socket_addresses("/proc", conn.tgid, conn.fd)
         if found:
             meta.local, meta.peer = found
         else:
@@ -235,12 +235,12 @@ def run(index: int, settings, output: str, data_rx, report_tx) -> None:
     # terminal reaches the whole process group and must not kill us first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    log = logsetup.configure(settings.log_level, role="worker", worker=index, pid=os.getpid())
+    log = logs.configure(settings.log_level, role="worker", worker=index, pid=os.getpid())
     try:
         worker = Worker(index, settings, output)
     except Exception as exc:  # noqa: BLE001 (any boot failure ends the same way)
         log.error("worker_boot_failed", error=str(exc))
-        os._exit(EXIT_BOOT_FAILED)
+        os._exit(exits.WORKER_BOOT)  # the supervisor must not respawn a worker that cannot boot
     log.info("worker_started")
     next_report = time.monotonic() + REPORT_EVERY
     poll = settings.kafka_poll_interval

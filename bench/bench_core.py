@@ -19,7 +19,7 @@ import orjson  # noqa: E402
 
 from akto_collector.events import RECV, SEND, ROLE_SERVER, ConnId, ConnMeta, DataEvent  # noqa: E402
 from akto_collector.message import MessageEncoder  # noqa: E402
-from akto_collector.streams import ConnectionStream, CoreLimits  # noqa: E402
+from akto_collector.protocols.streams import ConnectionStream, CoreLimits  # noqa: E402
 
 
 def _request() -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from akto_collector.config import Settings  # noqa: E402
-from akto_collector.records import KIND_DATA, RECORD  # noqa: E402
+from akto_collector.kernel.records import KIND_DATA, RECORD  # noqa: E402
 from akto_collector.worker import Worker  # noqa: E402
 
 REQ_BODY = b'{"items":[' + b'{"sku":"A-1","qty":1},' * 17 + b'{"x":1}]}'
@@ -30,7 +30,7 @@ RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n
 
 
 def record(gen: int, pos: int, direction: int, data: bytes, fd: int = 7) -> bytes:
-    return RECORD.pack(0, gen, pos, 4242, fd, len(data), 0, len(data), KIND_DATA, 0, direction, 1, 0) + data
+    return RECORD.pack(0, gen, pos, 4242, fd, len(data), 0, len(data), KIND_DATA, 0, direction, 1, 1, 0) + data
 
 
 def main() -> None:

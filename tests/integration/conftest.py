@@ -55,7 +55,8 @@ def free_port() -> int:
 class Collector:
     """A running collector: its JSON-lines output and its structured logs."""
 
-    def __init__(self, tmp: Path, env: dict[str, str] | None = None, args: list[str] | None = None):
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None, args: list[str] | None = None,
+                 python: str = sys.executable, cwd: Path | str = REPO):
         self.out_path = tmp / "pairs.jsonl"
         self.err_path = tmp / "collector.log"
         full_env = dict(os.environ)
@@ -67,8 +68,8 @@ class Collector:
         full_env["AKTO_STATS_INTERVAL"] = "1"
         full_env.update(env or {})
         self.err = open(self.err_path, "wb")
-        cmd = [sys.executable, "-m", "akto_collector", "run", "--output", str(self.out_path)] + (args or [])
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=self.err)
+        cmd = [python, "-m", "akto_collector", "run", "--output", str(self.out_path)] + (args or [])
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=self.err)
         self._seen = 0
         self.pairs: list[dict] = []
 

@@ -126,7 +126,8 @@ def test_large_body_is_cut_and_flagged(collector, app):
     assert p["responsePayload"].startswith("xxxx")
 
 
-def test_not_http_server_produces_nothing(collector):
+def test_not_http_server_produces_nothing(collector, app):
+    before = collector.stats().get("kernel.not_http_connections", 0)
     port = free_port()
     srv = subprocess.Popen([sys.executable, "-c", f"""
 import socket
@@ -142,7 +143,11 @@ for _ in range(3):
         c.recv(100)
         c.close()
     srv.wait(5)
-    time.sleep(0.5)
+    # The kernel saw those connections and judged them not HTTP (both ends of each) ...
+    collector.wait_log("stats", pred=lambda r: r["counters"].get("kernel.not_http_connections", 0) >= before + 6)
+    # ... while HTTP on the same collector, right after, is captured.
+    assert run(["curl", "-s", f"http://127.0.0.1:{app.port}/after-binary"]).returncode == 0
+    assert collector.wait_pairs(for_path("/after-binary", "1"))
     assert not [p for p in collector.read_pairs() if str(port) in p["ip"] + p["destIp"]]
 
 

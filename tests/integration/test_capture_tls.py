@@ -208,11 +208,19 @@ def test_server_started_before_collector_and_tls_only_mode(start_collector, cert
 def test_capture_ssl_false_captures_no_tls(start_collector, cert):
     c = start_collector({"CAPTURE_SSL": "false"})
     srv = start_tls_app(cert)
+    plain = PyServer(f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:]; runpy.run_path({APP!r}, run_name='__main__')",
+                     free_port())
     try:
         time.sleep(1.0)
         assert run(["curl", "-sk", f"https://127.0.0.1:{srv.port}/nossl"]).returncode == 0
-        time.sleep(1.5)
+        # Positive control: the same collector captures plaintext ...
+        assert run(["curl", "-s", f"http://127.0.0.1:{plain.port}/plain-while-nossl"]).returncode == 0
+        assert c.wait_pairs(for_path("/plain-while-nossl", "1"))
+        # ... and saw the TLS connection, as ciphertext, judged not HTTP.
+        c.wait_log("stats", pred=lambda r: r["counters"].get("kernel.not_http_connections", 0) >= 2)
         assert not [p for p in c.read_pairs() if p["path"] == "/nossl"]
-        assert not c.wait_pairs(lambda p: "\x16\x03" in p.get("path", ""), timeout=0.1)
+        assert not [p for p in c.read_pairs() if "\x16\x03" in p.get("path", "")]
+        assert not [r for r in c.logs() if r.get("event") == "uprobe_attached"]
     finally:
         srv.stop()
+        plain.stop()

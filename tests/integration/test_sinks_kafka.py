@@ -21,27 +21,18 @@ try:  # tests/ may or may not be a package, depending on who runs pytest how
 except ImportError:
     from broker import TansuBroker, free_port, require_tansu
 
+from akto_collector.config import Settings
 from akto_collector.sinks import HeartbeatSender, KafkaSink, make_sink
 
 TOPIC = "akto.api.logs"
 
 
 def settings(bootstrap: str, **overrides):
-    base = dict(
-        kafka_brokers=(bootstrap,),
-        kafka_topic=TOPIC,
-        kafka_compression="lz4",
-        kafka_username="",
-        kafka_password="",
-        kafka_use_tls=False,
-        kafka_ca_file="",
-        kafka_poll_interval=0.1,
-        heartbeat_topic="akto.daemonset.producer.heartbeats",
-        heartbeat_interval=60,
-        buffer_threshold_bytes=64 << 20,
-    )
+    """The collector's own Settings (defaults from its table), for a sink of this broker."""
+    base = dict(kafka_brokers=(bootstrap,), kafka_topic=TOPIC, kafka_poll_interval=0.1, buffer_threshold_mb=64,
+                node_name="test", workers=1, daemonset_id="ds-test")
     base.update(overrides)
-    return types.SimpleNamespace(**base)
+    return Settings(**base)
 
 
 def message(i: int) -> tuple[bytes, bytes]:
@@ -252,7 +243,7 @@ def test_broker_losing_its_state_is_survived(own_broker):
 
 def test_heartbeat_arrives_as_json(broker):
     counters = Counter()
-    hb = HeartbeatSender(settings(broker.bootstrap, heartbeat_topic="hb"), counters)
+    hb = HeartbeatSender(settings(broker.bootstrap, heartbeat_topic="hb", daemonset_id="abc"), counters)
     payload = {"daemonset_id": "abc", "node": "n1", "version": "0.1", "uptime": 12.5, "counters": {"pairs": 3}}
     hb.send(payload)
     hb.close(10)

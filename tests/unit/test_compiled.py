@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def _pxd_classes(path: Path) -> dict[str, tuple[set[str], set[str]]]:
         if m:
             current = out.setdefault(m[1], (set(), set()))
             continue
-        m = re.match(r"\s+cdef public object (.+)", line)
+        m = re.match(r"\s+cdef public \w+ (.+)", line)
         if m and current is not None:
             current[0].update(f.strip() for f in m[1].split(","))
         m = re.match(r"\s+cpdef (\w+)\(", line)
@@ -47,14 +48,20 @@ def _source_classes(path: Path) -> dict[str, tuple[set[str], set[str]]]:
     return out
 
 
-PXDS = sorted(PKG.glob("*.pxd"))
+def _module_name(path: Path) -> str:
+    """akto_collector/protocols/http1.cpython-311-x86_64-linux-gnu.so -> "protocols.http1"."""
+    rel = path.relative_to(PKG)
+    return ".".join(rel.parts[:-1] + (rel.name.split(".")[0],))
 
 
-@pytest.mark.parametrize("pxd", PXDS, ids=[p.stem for p in PXDS])
+PXDS = sorted(PKG.rglob("*.pxd"))
+
+
+@pytest.mark.parametrize("pxd", PXDS, ids=[_module_name(p) for p in PXDS])
 def test_pxd_declares_exactly_the_slots(pxd):
     # A slot added in the .py but not in the .pxd would be an AttributeError
     # only in the compiled form.
-    assert pxd.stem in compiled.MODULES
+    assert _module_name(pxd) in compiled.MODULES
     source = _source_classes(pxd.with_suffix(".py"))
     for name, (fields, cpdefs) in _pxd_classes(pxd).items():
         assert name in source, f"{pxd.name}: {name} is not a class of {pxd.stem}.py"
@@ -63,9 +70,16 @@ def test_pxd_declares_exactly_the_slots(pxd):
         assert cpdefs <= methods, f"{pxd.name}: cpdef of methods {name} does not have"
 
 
-def test_every_compiled_module_exists():
+def test_every_compiled_file_is_a_listed_module_and_the_build_is_whole():
+    # A compiled file whose module moved or left the list would shadow or
+    # outlive its source; a list entry that does not compile runs slower
+    # without anyone noticing. (Where no compiler is there, nothing is compiled.)
+    built = {_module_name(so) for so in PKG.rglob("*.so")}
+    assert built <= set(compiled.MODULES), built - set(compiled.MODULES)
     for name in compiled.MODULES:
-        assert (PKG / f"{name}.py").exists()
+        assert Path(compiled.source_path(str(PKG), name)).exists(), name
+    if built and os.environ.get("AKTO_PURE_PYTHON", "") in ("", "0"):
+        assert built == set(compiled.MODULES), set(compiled.MODULES) - built
 
 
 def test_summary_names_what_is_not_compiled():

@@ -234,6 +234,7 @@ BAD_VALUES = [
     ("AKTO_VXLAN_ID", "-1", "whole number"),
     ("AKTO_LOG_LEVEL", "verbose", "debug, info, warning, error"),
     ("AKTO_STATS_INTERVAL", "-1", "positive number of seconds"),
+    ("AKTO_KAFKA_BATCH_WRITER", "fast", "expected true or false"),
 ]
 
 
@@ -453,3 +454,39 @@ def test_daemonset_manifest_env_is_valid():
     assert "AKTO_NLB_IP='<AKTO_NLB_IP>'" in error_of(values)
     s = load(values | {"AKTO_NLB_IP": "10.0.0.12", "KUBERNETES_SERVICE_HOST": "10.96.0.1"})
     assert s.probe_all_pid is False and s.uprobe_poll_interval == 300.0
+
+
+def test_compression_without_its_library_is_refused_before_start():
+    import importlib.util
+
+    if importlib.util.find_spec("snappy") is not None:
+        pytest.skip("python-snappy is installed here")
+    message = error_of({"AKTO_KAFKA_COMPRESSION": "snappy"})
+    assert message.startswith("AKTO_KAFKA_COMPRESSION='snappy': needs the Python package snappy")
+    assert "zstd" in message and "lz4" in message  # what can be used instead
+    assert load({"AKTO_KAFKA_COMPRESSION": "zstd"}).kafka_compression == "zstd"  # zstandard is a dependency
+
+
+def test_deeply_nested_discovery_config_is_a_config_error():
+    message = error_of({"AKTO_MODULE_DISCOVERY_CONFIG": "[" * 100000 + "]" * 100000})
+    assert message.startswith("AKTO_MODULE_DISCOVERY_CONFIG='[[[") and message.endswith(": nested too deeply")
+
+
+def test_docs_configuration_tables_are_made_from_the_table():
+    from akto_collector.config import markdown_tables
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "configuration.md")
+    with open(path, encoding="utf-8") as fh:
+        doc = fh.read()
+    assert markdown_tables() in doc, (
+        "docs/configuration.md is out of date: replace its variable tables with the output of "
+        "`python -m akto_collector.config --markdown`")
+
+
+def test_every_variable_is_read_into_a_field_of_its_own_or_a_declared_alternative():
+    from akto_collector.config import VARIABLES
+
+    fields = [v.field for v in VARIABLES]
+    shared = {f for f in fields if fields.count(f) > 1}
+    assert shared == {"kafka_brokers"}  # AKTO_KAFKA_BROKER_MAL wins over AKTO_NLB_IP
+    assert set(fields) == set(Settings.__dataclass_fields__)

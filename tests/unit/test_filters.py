@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import pickle
-import time
 
 import pytest
 
 from akto_collector.events import (
     ROLE_CLIENT,
     ROLE_SERVER,
-    ROLE_UNKNOWN,
     ConnId,
     Exchange,
     HttpRequest,
@@ -26,7 +24,6 @@ from akto_collector.filters import (
     is_ip_host,
     parse_discovery_config,
     request_host,
-    role_allowed,
 )
 
 SEED_EXAMPLE = (
@@ -267,40 +264,20 @@ def test_from_settings_reads_the_three_settings():
     assert pf.ignore_ip_traffic and not pf.ignore_cloud_metadata
 
 
-def test_role_allowed():
-    assert role_allowed(ROLE_CLIENT, False)
-    assert not role_allowed(ROLE_CLIENT, True)
-    assert role_allowed(ROLE_SERVER, True)
-    assert role_allowed(ROLE_UNKNOWN, True)
-
-
 def test_rules_pickle_for_the_workers():
     parsed = parse_discovery_config(SEED_EXAMPLE)
     assert pickle.loads(pickle.dumps(parsed)) == parsed
     assert isinstance(parsed[0], DiscoveryRule)
 
 
-# --- speed -----------------------------------------------------------------
-
-
-def _rate(pf: PairFilter, ex: Exchange, n: int = 20000) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        pf.check(ex, peer_ip="10.0.0.2:5555")
-    return n / (time.perf_counter() - start)
-
-
-def test_speed_is_tens_of_thousands_per_second():
+def test_a_busy_pair_passes_the_seed_filter():
+    # How fast check() runs is bench/bench_filters.py's figure, not a test's.
     headers = [("Host", "svc:8080"), ("User-Agent", "curl/8"), ("Accept", "*/*")] + [
         (f"X-H{i}", "v" * 20) for i in range(12)
     ] + [("x-forwarded-client-cert", "By=spiffe://cluster.local/ns/bookinfo/sa/x")]
     ex = pair(headers)
-    # Generous floors: a loaded CI machine must not fail this; real figures are
-    # far higher (hundreds of thousands, millions with nothing configured).
-    assert _rate(PairFilter(), ex) > 200_000
-    full = PairFilter(parse_discovery_config(SEED_EXAMPLE), True, True)
-    assert full.check(ex) is None
-    assert _rate(full, ex) > 10_000
+    assert PairFilter().check(ex, peer_ip="10.0.0.2:5555") is None
+    assert PairFilter(parse_discovery_config(SEED_EXAMPLE), True, True).check(ex, peer_ip="10.0.0.2:5555") is None
 
 
 def test_huge_host_is_neither_ip_nor_metadata():

@@ -10,7 +10,7 @@ import brotli
 import pytest
 
 from akto_collector.events import RECV, ROLE_SERVER, SEND
-from akto_collector.streams import ConnectionStream, CoreLimits
+from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 from test_http_replay import CONN, Wire
 
 REQ = b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n"

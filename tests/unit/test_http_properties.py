@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from akto_collector.events import FLAG_CUT, FLAG_TLS, RECV, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SEND, DataEvent
-from akto_collector.streams import ConnectionStream, CoreLimits
+from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 from test_http_replay import CONN
 
 TOKEN = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-!#$%&'*+.^_`|~", min_size=1, max_size=12)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from akto_collector.events import FLAG_CUT, RECV, SEND, ConnId, DataEvent
-from akto_collector.streams import ConnectionStream, CoreLimits
+from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STREAMS = sorted(p.stem for p in (DATA / "streams").glob("*.json"))

@@ -139,7 +139,8 @@ def test_value_is_orjson_utf8():
 
 def reference_encode(enc: MessageEncoder, x: Exchange, meta: ConnMeta) -> tuple[bytes, bytes]:
     """The message as one plain dict through one orjson.dumps: what the encoder's pieces must add up to."""
-    from akto_collector.message import _default_host, _ip_only, payload_text
+    from akto_collector.addresses import host_of as _ip_only
+    from akto_collector.message import _default_host, payload_text
 
     req, resp = x.request, x.response
     client = x.role == ROLE_CLIENT

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import struct
 
 import pytest
 
-from akto_collector.records import HDR_SIZE, LEN_OFFSET, RECORD
-from akto_collector.ringbuf import RingReader
+from akto_collector.kernel.records import HDR_SIZE, LEN_OFFSET, RECORD
+from akto_collector.kernel.ringbuf import RingReader
 
 PAGE = mmap.PAGESIZE
 SIZE = 4 * PAGE
@@ -36,7 +37,7 @@ class FakeRing:
     def add(self, payload: bytes, slot: int, flags: int = 0) -> int:
         """A record of ``slot`` bytes whose first HDR_SIZE bytes say len(payload) are used."""
         pos = self.prod
-        record = RECORD.pack(1, 2, 3, 4, 5, 6, 7, len(payload), 1, 0, 0, 0, 0) + payload
+        record = RECORD.pack(1, 2, 3, 4, 5, 6, 7, len(payload), 1, 0, 0, 0, 0, 0) + payload
         self._write(pos, struct.pack("<II", slot | flags, 0) + record.ljust(slot, b"\xee"))
         self.prod = pos + ((slot + 15) & ~7)
         self.mem[PAGE:PAGE + 8] = struct.pack("<Q", self.prod)
@@ -50,8 +51,22 @@ class FakeRing:
         return struct.unpack_from("<Q", self.mem, 0)[0]
 
 
+class FakeEpoll:
+    """epoll refuses a memfd (EPERM); the reader only waits on it, which these tests never do."""
+
+    def register(self, fd, events):
+        self.fd = fd
+
+    def poll(self, timeout):
+        return []
+
+    def close(self):
+        pass
+
+
 @pytest.fixture
-def ring():
+def ring(monkeypatch):
+    monkeypatch.setattr(select, "epoll", FakeEpoll)
     r = FakeRing()
     yield r
     os.close(r.fd)

@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from akto_collector.scanner import ProcessScanner
-from akto_collector.supervisor import system_tls_libraries
+from akto_collector.supervisor.scanner import ProcessScanner, system_tls_libraries
 
 
 def test_system_libraries_found_without_a_process():

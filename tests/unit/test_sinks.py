@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from akto_collector.config import Settings
 from akto_collector.sinks import (
     HeartbeatSender,
     JsonLinesSink,
@@ -21,21 +22,11 @@ from akto_collector.sinks import (
 
 
 def settings(**overrides):
-    base = dict(
-        kafka_brokers=(),
-        kafka_topic="akto.api.logs",
-        kafka_compression="lz4",
-        kafka_username="",
-        kafka_password="",
-        kafka_use_tls=False,
-        kafka_ca_file="",
-        kafka_poll_interval=0.5,
-        heartbeat_topic="akto.daemonset.producer.heartbeats",
-        heartbeat_interval=60,
-        buffer_threshold_bytes=1 << 20,
-    )
+    """The collector's own Settings (defaults from its table) with a 1 MB buffer.
+    Not validated: the sinks must refuse bad values themselves."""
+    base = dict(buffer_threshold_mb=1, node_name="test", workers=1, daemonset_id="ds-test")
     base.update(overrides)
-    return types.SimpleNamespace(**base)
+    return Settings(**base)
 
 
 def closed_port() -> int:
@@ -160,12 +151,12 @@ def test_parse_brokers_accepts(good, parsed):
 
 @pytest.mark.parametrize("bad", ["kafka", "kafka:", ":9092", "kafka:port", "kafka:0", "kafka:70000", "ka fka:9092"])
 def test_bad_broker_strings_are_refused_clearly(bad):
-    with pytest.raises(ValueError, match="KAFKA_BROKERS.*" + bad.replace(" ", "\\s")):
+    with pytest.raises(ValueError, match="AKTO_KAFKA_BROKER_MAL.*" + bad.replace(" ", "\\s")):
         make_sink(settings(kafka_brokers=(bad,)))
 
 
 def test_bad_compression_is_refused():
-    with pytest.raises(ValueError, match="KAFKA_COMPRESSION"):
+    with pytest.raises(ValueError, match="AKTO_KAFKA_COMPRESSION"):
         make_sink(settings(kafka_brokers=("k:9092",), kafka_compression="brotli"))
 
 
@@ -206,7 +197,7 @@ def test_kafka_sink_sheds_oldest_and_accounts_for_everything():
 def test_heartbeat_without_brokers_is_a_no_op():
     counters = Counter()
     hb = HeartbeatSender(settings(), counters)
-    assert not hb.enabled and hb.state == "disabled"
+    assert hb.state == "disabled"
     hb.send({"daemonset_id": "x"})
     hb.poll()
     hb.close(0)
@@ -344,7 +335,7 @@ def test_hand_over_failure_requeues_in_order_with_exact_bytes():
 
 
 def test_fast_append_only_for_the_expected_internals():
-    from akto_collector.sinks import _fast_append
+    from akto_collector.sinks.kafka_batches import fast_append as _fast_append
 
     assert _fast_append(object()) is None
     old = _FakeProducer()
@@ -358,7 +349,7 @@ def test_fast_append_only_for_the_expected_internals():
 
 
 def test_hand_over_wakes_the_sender_for_the_first_ready_batch_then_sparingly():
-    from akto_collector.sinks import _WAKEUP_EVERY
+    from akto_collector.sinks.kafka_batches import WAKEUP_EVERY as _WAKEUP_EVERY
 
     producer = _FakeProducer(partitions=[0])
     sink = _connected_sink(producer)
@@ -685,7 +676,7 @@ def test_every_message_is_counted_exactly_once_through_producer_cycles(seed):
 
 
 def test_batches_written_directly_equal_kafka_pythons_own():
-    from akto_collector.sinks import _same_batch_bytes
+    from akto_collector.sinks.kafka_batches import _same_batch_bytes
 
     assert _same_batch_bytes()
 
@@ -694,7 +685,7 @@ def test_batches_written_directly_equal_kafka_pythons_own():
 def test_compressed_batches_written_directly_decode(attrs):
     from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 
-    from akto_collector.sinks import _write_record
+    from akto_collector.sinks.kafka_batches import _write_record
 
     records = MemoryRecordsBuilder(2, attrs, 1 << 20)
     sent = [(b"10.0.0.%d" % i, b"v" * (i * 97)) for i in range(50)]
@@ -715,7 +706,7 @@ def test_batch_appender_fills_batches_in_order_and_opens_new_ones_when_full():
     from kafka.record.memory_records import MemoryRecords
     from kafka.structs import TopicPartition
 
-    from akto_collector.sinks import _BatchAppender
+    from akto_collector.sinks.kafka_batches import _BatchAppender
 
     acc = _accumulator()
     appender = _BatchAppender.for_accumulator(acc)
@@ -746,7 +737,7 @@ def test_batch_appender_outcomes_come_from_the_batch():
     from kafka import errors
     from kafka.structs import TopicPartition
 
-    from akto_collector.sinks import _BatchAppender
+    from akto_collector.sinks.kafka_batches import _BatchAppender
 
     acc = _accumulator(batch_size=1 << 20)
     appender = _BatchAppender.for_accumulator(acc)
@@ -772,7 +763,7 @@ def test_batch_appender_outcomes_come_from_the_batch():
 
 
 def test_batch_appender_refuses_unexpected_internals():
-    from akto_collector.sinks import _BatchAppender
+    from akto_collector.sinks.kafka_batches import _BatchAppender
 
     assert _BatchAppender.for_accumulator(types.SimpleNamespace()) is None
     acc = _accumulator()
@@ -783,7 +774,7 @@ def test_batch_appender_refuses_unexpected_internals():
 def test_batch_appender_never_writes_into_a_batch_the_sender_closed():
     from kafka.structs import TopicPartition
 
-    from akto_collector.sinks import _BatchAppender
+    from akto_collector.sinks.kafka_batches import _BatchAppender
 
     acc = _accumulator(batch_size=1 << 20)
     appender = _BatchAppender.for_accumulator(acc)
@@ -801,7 +792,7 @@ def test_batch_appender_records_follow_a_batch_kafka_python_splits():
     from kafka import errors
     from kafka.structs import TopicPartition
 
-    from akto_collector.sinks import _BatchAppender
+    from akto_collector.sinks.kafka_batches import _BatchAppender
 
     acc = _accumulator(batch_size=1 << 20)
     appender = _BatchAppender.for_accumulator(acc)
@@ -823,7 +814,7 @@ def test_batches_are_sized_so_every_partition_can_fill_one_within_the_inflight_c
     # A batch goes early only when full; otherwise it waits out the linger.
     # With the hand-over stopped at the in-flight cap, batches too large for
     # cap / partitions would all wait.
-    from akto_collector.sinks import _BatchAppender
+    from akto_collector.sinks.kafka_batches import _BatchAppender
 
     for n, expect in ((1, (1 << 20) - (64 << 10)), (12, (1 << 20) - (64 << 10)), (40, (16 << 20) // 41), (400, 64 << 10)):
         producer = _FakeProducer(partitions=range(n))

@@ -13,7 +13,7 @@ from akto_collector.events import (
     SEND,
     DataEvent,
 )
-from akto_collector.streams import ConnectionStream, CoreLimits
+from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 from test_http_replay import CONN, Wire
 
 REQ = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n"

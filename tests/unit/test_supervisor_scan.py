@@ -1,14 +1,15 @@
-"""The supervisor's handling of scan results: a failed attach is logged with
+"""The uprobe manager's handling of scan results: a failed attach is logged with
 its reason and retried on the next scan, never forgotten."""
 
 import types
+from collections import Counter
 
 import structlog
 from structlog.testing import capture_logs
 
-from akto_collector import bpf
-from akto_collector.scanner import ScanResult, TlsLibrary, Unsupported
-from akto_collector.supervisor import Supervisor
+from akto_collector.kernel.errors import ProbeError
+from akto_collector.supervisor.scanner import ScanResult, TlsLibrary, Unsupported
+from akto_collector.supervisor.uprobes import UprobeManager
 
 
 class FakeProbes:
@@ -20,7 +21,7 @@ class FakeProbes:
     def attach_tls(self, key, path, kind, symbols):
         if self.failures:
             self.failures -= 1
-            raise bpf.ProbeError("could not attach uprobe: No such file or directory")
+            raise ProbeError("could not attach uprobe: No such file or directory")
         self.uprobes[key] = list(symbols)
         return list(symbols)
 
@@ -36,14 +37,8 @@ class FakeScanner:
 
 
 def make(failures, probe_all_pid=True):
-    s = Supervisor.__new__(Supervisor)
-    s.settings = types.SimpleNamespace(probe_all_pid=probe_all_pid)
-    s.log = structlog.get_logger()
-    s.probes = FakeProbes(failures)
-    s.scanner = FakeScanner()
-    from collections import Counter
-    s.counters = Counter()
-    return s
+    return UprobeManager(types.SimpleNamespace(probe_all_pid=probe_all_pid), FakeProbes(failures),
+                         structlog.get_logger(), Counter(), ignore_pids=(), scanner=FakeScanner())
 
 
 def test_failed_attach_is_logged_and_retried():

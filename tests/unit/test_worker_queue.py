@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import queue
 import types
 
-from akto_collector.supervisor import QUEUE_BATCHES, WorkerHandle
+from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 from akto_collector.worker import budget_shares
 
 
 def _handle(max_bytes: int) -> WorkerHandle:
-    h = WorkerHandle.__new__(WorkerHandle)  # no process: only the queue's bookkeeping
-    h.queue = queue.Queue(QUEUE_BATCHES)
+    settings = types.SimpleNamespace(buffer_threshold_bytes=4 * max_bytes, workers=1)
+    h = WorkerHandle(0, settings, "-", ctx=None)  # not started: only the queue's bookkeeping
+    assert h.process is None and h.queue.maxsize == QUEUE_BATCHES
     h.max_queue_bytes = max_bytes
-    h.submitted_bytes = h.sent_bytes = h.dropped = 0
     return h
 
 

@@ -1,110 +1,36 @@
-"""The kernel side: the only module that imports bcc.
+"""Loads the kernel programs: the only module of the project that imports bcc.
 
 Compiles probes/*.c with -D defines from the settings, attaches the syscall
-tracepoints and the TLS uprobes, drains the ring buffer in batches (the
-programs submit without waking us; a timer drains; the records are read
-from the map's memory by ringbuf.RingReader, not through bcc's per-record
-callback), and reads the in-kernel counters. Records are handed on raw: a 48-byte header (see RECORD) and the
-copied bytes, so the supervisor only routes and the workers decode.
+tracepoints and the TLS uprobes (which probes go on which symbol:
+``tlslibs``), gives the ring buffer's map to ``ringbuf.RingReader`` (records
+are read from the map's memory, not through bcc's per-record callback), and
+reads and writes the control maps (ignored pids, allowed TLS pids, the
+kernel's counters, connection expiry). Records are handed on raw (layout:
+``records``), so the supervisor only routes and the workers decode.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
-import os
-import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from akto_collector.records import HDR_SIZE, LEN_OFFSET
-from akto_collector.ringbuf import RingReader
-
-PROBES_DIR = Path(__file__).resolve().parent / "probes"
-
-# Slots of the `counters` per-CPU array, as in common.h.
-KERNEL_COUNTERS = {
-    0: "kernel.dropped.ringbuf_full",
-    1: "kernel.dropped.conn_table_full",
-    2: "kernel.not_http_connections",
-    3: "kernel.cut_bytes",
-    4: "kernel.dropped.tls_no_fd",
-    5: "kernel.skipped.egress",
-    8: "kernel.skipped.plaintext_on_tls",
-    9: "kernel.untraced_socket_bytes",
-}
-
-# Which probe functions go on which TLS symbol: (symbol, entry fn, return fn).
-TLS_PROBES = {
-    "openssl": (
-        ("SSL_read", "tls_read_enter", "tls_exit_int"),
-        ("SSL_write", "tls_write_enter", "tls_exit_int"),
-        ("SSL_read_ex", "tls_read_ex_enter", "tls_exit_ex"),
-        ("SSL_write_ex", "tls_write_ex_enter", "tls_exit_ex"),
-        ("SSL_free", "tls_free_enter", None),
-    ),
-    "gnutls": (
-        ("gnutls_record_recv", "tls_read_enter", "tls_exit_ssize"),
-        ("gnutls_record_send", "tls_write_enter", "tls_exit_ssize"),
-    ),
-    "nss": (
-        ("PR_Read", "tls_read_enter", "tls_exit_int"),
-        ("PR_Recv", "tls_read_enter", "tls_exit_int"),
-        ("PR_Write", "tls_write_enter", "tls_exit_int"),
-        ("PR_Send", "tls_write_enter", "tls_exit_int"),
-    ),
-}
-TLS_PROBES["boringssl"] = TLS_PROBES["openssl"]
-TLS_PROBES["openssl-static"] = TLS_PROBES["openssl"]
-TLS_PROBES["boringssl-static"] = TLS_PROBES["openssl"]
+from akto_collector.kernel.errors import ProbeError
+from akto_collector.kernel.records import HDR_SIZE, KERNEL_COUNTERS, LEN_OFFSET
+from akto_collector.kernel.ringbuf import RingReader
+from akto_collector.tlslibs import KINDS
 
 
-class ProbeError(Exception):
-    """The kernel side could not be set up; the message says why."""
-
-
-def ensure_kernel_headers() -> str | None:
-    """Make bcc find kernel headers. Returns a note when it fell back to
-    other headers than the running kernel's, None when none was needed."""
-    release = platform.release()
-    build = Path("/lib/modules") / release / "build"
-    if (build / "include").exists():
-        return None
-    candidates = sorted(Path("/usr/src").glob("linux-headers-*"))
-    arch = [c for c in candidates if not c.name.endswith("-common") and (c / "include").exists()]
-    if not arch:
-        raise ProbeError(
-            f"no kernel headers for {release} in /lib/modules nor in /usr/src; "
-            "install linux-headers-amd64 (make setup does)")
-    chosen = _nearest(arch, release)
-    common = Path(str(chosen).rsplit("-", 1)[0] + "-common")
-    build.parent.mkdir(parents=True, exist_ok=True)
-    for link, target in ((build, chosen), (build.parent / "source", common if common.exists() else chosen)):
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(target)
-    return f"kernel headers for {release} missing: using {chosen.name}"
-
-
-def _nearest(paths: list[Path], release: str) -> Path:
-    def version(name: str) -> tuple[int, ...]:
-        nums = []
-        for part in name.replace("linux-headers-", "").replace("-", ".").split("."):
-            if not part.isdigit():
-                break
-            nums.append(int(part))
-        return tuple(nums)
-
-    want = version(release)
-    return min(paths, key=lambda p: (abs(version(p.name)[:1][0] - want[0]) if version(p.name) else 99,
-                                     tuple(-x for x in version(p.name))))
-
-
-def ensure_tracefs() -> None:
-    if not Path("/sys/kernel/tracing/events").exists():
-        rc = os.system("mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null")
-        if rc != 0 or not Path("/sys/kernel/tracing/events").exists():
-            raise ProbeError("tracefs is not mounted at /sys/kernel/tracing and mounting it failed")
+def probes_dir() -> Path:
+    """Where the programs' C sources are: the copy the build puts into an
+    installed package (setup.py), else the checkout's top-level probes/."""
+    here = Path(__file__).resolve().parent
+    installed = here / "probes"
+    if (installed / "common.h").exists():
+        return installed
+    return here.parents[1] / "probes"
 
 
 @dataclass(frozen=True)
@@ -116,11 +42,22 @@ class ProbeOptions:
     filter_tls_pids: bool = False
     ringbuf_pages: int = 16384  # 64 MiB: ~15k typical pairs of slack while the drain is late
 
+    @classmethod
+    def from_settings(cls, settings) -> ProbeOptions:
+        return cls(
+            max_conn=settings.max_active_conn,
+            capture_plain=settings.capture_all,
+            capture_tls=settings.capture_ssl,
+            disable_egress=settings.disable_egress,
+            filter_tls_pids=not settings.probe_all_pid,
+        )
+
 
 def program_text(opts: ProbeOptions) -> str:
-    parts = [(PROBES_DIR / "common.h").read_text(), (PROBES_DIR / "socket_trace.c").read_text()]
+    d = probes_dir()
+    parts = [(d / "common.h").read_text(), (d / "socket_trace.c").read_text()]
     if opts.capture_tls:
-        parts.append((PROBES_DIR / "tls_trace.c").read_text())
+        parts.append((d / "tls_trace.c").read_text())
     return "\n".join(parts)
 
 
@@ -200,9 +137,6 @@ class Probes:
                 pass
         return len(stale)
 
-    def active_connections(self) -> int:
-        return sum(1 for _ in self.bpf["conns"].keys())
-
     def attach_tls(self, key: tuple[int, int], path: str, kind: str, symbols) -> list[str]:
         """Attach the uprobes for one library file (a uprobe on a file covers
         every process that maps it). Returns the symbols attached; raises
@@ -211,7 +145,7 @@ class Probes:
             return self.uprobes[key]
         present = set(symbols)
         attached, errors = [], []
-        for sym, enter, ret in TLS_PROBES.get(kind, ()):
+        for sym, enter, ret in KINDS[kind].probes:
             if sym not in present:
                 continue
             try:
@@ -226,14 +160,6 @@ class Probes:
         self.uprobes[key] = attached
         return attached
 
-    def detach_tls(self, key: tuple[int, int], path: str) -> None:
-        for sym in self.uprobes.pop(key, ()):
-            for detach in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
-                try:
-                    detach(name=path, sym=sym)
-                except Exception:  # noqa: BLE001 (already gone with its process)
-                    pass
-
     def close(self) -> None:
         """Detach everything: bcc closes the links and unloads the programs."""
         self.ring.close()  # its mappings hold the map open
@@ -241,13 +167,7 @@ class Probes:
 
 
 def _ktime_ns() -> int:
-    return time_monotonic_ns()
-
-
-def time_monotonic_ns() -> int:
     # bpf_ktime_get_ns is CLOCK_MONOTONIC
-    import time
-
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 

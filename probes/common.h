@@ -5,8 +5,8 @@
  * memory, tracepoint fields (whose layout bcc reads from tracefs), and the
  * task's saved user registers.
  *
- * Defines set by bpf.py: MAX_CONN, CAPTURE_PLAIN, CAPTURE_TLS, DISABLE_EGRESS,
- * FILTER_TLS_PIDS, RINGBUF_PAGES.
+ * Defines set by akto_collector/kernel/loader.py: MAX_CONN, CAPTURE_PLAIN,
+ * CAPTURE_TLS, DISABLE_EGRESS, FILTER_TLS_PIDS, RINGBUF_PAGES.
  */
 #include <uapi/linux/ptrace.h>
 #include <asm/ptrace.h>
@@ -35,14 +35,20 @@
 #define ST_UNKNOWN 0
 #define ST_HTTP 1
 
+/* Protocol of a connection (akto_collector/protocols PROTO_*), stamped on
+ * every record so that user space picks the parser. */
+#define PROTO_UNKNOWN 0
+#define PROTO_HTTP1 1
+#define PROTO_HTTP2 2
+
 /* A connection whose accept/connect we did not see (it predates us) may be
  * joined mid-body: give it this many calls to show a message start before
  * judging it not HTTP. */
 #define PROBATION_CALLS 64
 
 /* Copy caps. Each piece goes into a ring buffer slot of one of six fixed
- * sizes (the verifier needs a constant reserve size); only the header and the
- * filled bytes are read by user space. */
+ * sizes, 512 B to 32 KiB (the verifier needs a constant reserve size); only
+ * the header and the filled bytes are read by user space. */
 #define CHUNK_S 512
 #define CHUNK_1K 1024
 #define CHUNK_2K 2048
@@ -52,19 +58,23 @@
 #define MAX_CHUNKS 8 /* per buffer: 256 KiB, the rest is flagged cut */
 #define MAX_IOV 12
 
-/* Counter slots (array map `counters`), mirrored by name in bpf.py. */
-#define C_RB_FULL 0
-#define C_CONN_FULL 1
-#define C_NOT_HTTP 2
-#define C_CUT_BYTES 3
-#define C_TLS_NO_FD 4
-#define C_EGRESS_SKIPPED 5
+/* Counter slots (array map `counters`); the comment is the name user space
+ * reports it under (kernel/records.py KERNEL_COUNTERS, checked by a test).
+ * Slots without a name are internal. */
+#define C_RB_FULL 0        /* kernel.dropped.ringbuf_full */
+#define C_CONN_FULL 1      /* kernel.dropped.conn_table_full */
+#define C_NOT_HTTP 2       /* kernel.not_http_connections */
+#define C_CUT_BYTES 3      /* kernel.cut_bytes */
+#define C_TLS_NO_FD 4      /* kernel.dropped.tls_no_fd */
+#define C_EGRESS_SKIPPED 5 /* kernel.skipped.egress */
 #define C_EVENTS 6
 #define C_BYTES 7
-#define C_PLAIN_ON_TLS 8
-#define C_UNTRACED_BYTES 9
+#define C_PLAIN_ON_TLS 8   /* kernel.skipped.plaintext_on_tls */
+#define C_UNTRACED_BYTES 9 /* kernel.untraced_socket_bytes */
 #define C_NCOUNTERS 16
 
+/* The header of every ring buffer record (kernel/records.py RECORD mirrors
+ * it; a test checks the two). */
 struct ev_hdr {
     u64 ts;
     u64 gen;
@@ -78,7 +88,8 @@ struct ev_hdr {
     u8 flags;
     u8 dir;
     u8 role;
-    u16 pad;
+    u8 proto;
+    u8 pad;
 };
 
 struct ev_s { struct ev_hdr h; char buf[CHUNK_S]; };
@@ -109,7 +120,7 @@ struct conn_t {
     u8 tls;
     u8 opened;
     u8 addr_sent;
-    u8 pad;
+    u8 proto;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -224,8 +235,65 @@ static __always_inline void judge_not_http(u64 key, struct conn_t *c) {
 
 static __always_inline int is_upper(char c) { return c >= 'A' && c <= 'Z'; }
 
-/* What the first bytes of a call say: 1 request line, 2 status line,
- * 0 inconclusive (too short), -1 not HTTP. Lenient on the method (any
+/* Whether 9 bytes are a plausible HTTP/2 frame header: a known type whose
+ * flags, length and stream id fit it. Returns the frame's length, or -1. */
+static __always_inline long h2_frame(const u8 *h) {
+    u32 len = ((u32)h[0] << 16) | ((u32)h[1] << 8) | h[2];
+    u8 type = h[3], flags = h[4];
+    u32 sid = ((u32)(h[5] & 0x7f) << 24) | ((u32)h[6] << 16) | ((u32)h[7] << 8) | h[8];
+    if (h[5] & 0x80 || len > (1 << 20))
+        return -1;
+    switch (type) {
+    case 0: /* DATA: END_STREAM, PADDED */
+        return sid && !(flags & ~0x09) ? len : -1;
+    case 1: /* HEADERS: END_STREAM, END_HEADERS, PADDED, PRIORITY */
+        return sid && !(flags & ~0x2d) ? len : -1;
+    case 2: /* PRIORITY */
+        return sid && len == 5 && !flags ? len : -1;
+    case 3: /* RST_STREAM */
+        return sid && len == 4 && !flags ? len : -1;
+    case 4: /* SETTINGS: ACK */
+        return !sid && !(flags & ~1) && len % 6 == 0 && !(flags && len) ? len : -1;
+    case 5: /* PUSH_PROMISE: END_HEADERS, PADDED */
+        return sid && !(flags & ~0x0c) && len >= 4 ? len : -1;
+    case 6: /* PING: ACK */
+        return !sid && len == 8 && !(flags & ~1) ? len : -1;
+    case 7: /* GOAWAY */
+        return !sid && len >= 8 && !flags ? len : -1;
+    case 8: /* WINDOW_UPDATE */
+        return len == 4 && !flags ? len : -1;
+    case 9: /* CONTINUATION: END_HEADERS */
+        return sid && !(flags & ~0x04) ? len : -1;
+    }
+    return -1;
+}
+
+/* A call that begins with two plausible HTTP/2 frames, back to back: an HTTP/2
+ * connection joined mid-way. 1 yes, 0 inconclusive (one frame, the call ends
+ * with it), -1 no. */
+static __always_inline int h2_frames(const char *ubuf, u32 len) {
+    u8 h[9] = {};
+    if (len < 9 || bpf_probe_read_user(h, 9, ubuf) != 0)
+        return -1;
+    long n = h2_frame(h);
+    if (n < 0)
+        return -1;
+    u64 next = 9 + (u64)n;
+    if (next + 9 > len)
+        return next == len ? 0 : -1;
+    if (bpf_probe_read_user(h, 9, ubuf + next) != 0)
+        return -1;
+    return h2_frame(h) < 0 ? -1 : 1;
+}
+
+#define K_REQUEST 1
+#define K_RESPONSE 2
+#define K_H2_PREFACE 3
+#define K_H2_FRAMES 4
+
+/* What the first bytes of a call say: K_REQUEST (a request line),
+ * K_RESPONSE (a status line), K_H2_PREFACE, K_H2_FRAMES (see h2_frames), 0
+ * inconclusive (too short), -1 not HTTP. Lenient on the method (any
  * upper-case token), as servers are. */
 static __always_inline int classify(const char *ubuf, u32 len) {
     char b[16] = {};
@@ -234,23 +302,35 @@ static __always_inline int classify(const char *ubuf, u32 len) {
     u32 n = len < 16 ? len : 16;
     if (bpf_probe_read_user(b, n & 15 ? n & 15 : 16, ubuf) != 0)
         return -1;
+    /* The HTTP/2 client preface, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": the
+     * first 14 bytes decide (a call may hold only part of it). */
+    if (b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ') {
+        if (n < 14)
+            return 0;
+        if (b[4] == '*' && b[5] == ' ' && b[6] == 'H' && b[7] == 'T' && b[8] == 'T' && b[9] == 'P' &&
+            b[10] == '/' && b[11] == '2' && b[12] == '.' && b[13] == '0')
+            return K_H2_PREFACE;
+    }
     /* A PROXY protocol v2 header (load balancers) precedes the request. */
     if (b[0] == '\r' && b[1] == '\n' && b[2] == '\r' && b[3] == '\n')
         return 0;
     if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P') {
         if (n < 5 || b[4] == '/')
-            return 2;
+            return K_RESPONSE;
     }
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         if (i >= n)
             return 0;
-        if (b[i] == ' ')
-            return i >= 3 ? 1 : -1;
+        if (b[i] == ' ') {
+            if (i >= 3)
+                return K_REQUEST;
+            break;
+        }
         if (!is_upper(b[i]) && b[i] != '-' && b[i] != '_')
-            return -1;
+            break;
     }
-    return -1;
+    return h2_frames(ubuf, len);
 }
 
 /* Decide, from a call's first bytes, whether to pass it on. Sets the role
@@ -261,8 +341,11 @@ static __always_inline int admit(u64 key, struct conn_t *c, u8 dir, const char *
     int k = classify(ubuf, len);
     if (k > 0) {
         c->state = ST_HTTP;
-        if (c->role == ROLE_UNKNOWN) {
-            if (k == 1)
+        c->proto = k >= K_H2_PREFACE ? PROTO_HTTP2 : PROTO_HTTP1;
+        /* A request or the preface read: the process serves; written: it calls.
+         * Frames joined mid-way do not say: user space decides. */
+        if (c->role == ROLE_UNKNOWN && k != K_H2_FRAMES) {
+            if (k == K_REQUEST || k == K_H2_PREFACE)
                 c->role = dir == DIR_RECV ? ROLE_SERVER : ROLE_CLIENT;
             else
                 c->role = dir == DIR_RECV ? ROLE_CLIENT : ROLE_SERVER;
@@ -287,7 +370,7 @@ role:
 }
 
 /* One piece: header h (offset, flags set by the caller), n bytes at src.
- * The three size classes are spelled out because bcc rewrites map calls
+ * The six size classes are spelled out because bcc rewrites map calls
  * only outside macros. */
 #define FILL_PIECE(SIZE)                                                     \
     __builtin_memcpy(&e->h, h, sizeof(*h));                                  \
@@ -402,6 +485,7 @@ static __always_inline void fill_hdr(struct ev_hdr *h, struct conn_t *c, u32 tgi
     h->fd = fd;
     h->kind = kind;
     h->role = c->role;
+    h->proto = c->proto;
 }
 
 static __always_inline void emit_simple(struct conn_t *c, u32 tgid, u32 fd, u8 kind) {

@@ -1,231 +1,38 @@
-"""Where encoded messages go: Kafka when brokers are configured, JSON lines otherwise.
+"""Kafka: bounded, ordered, at-least-once delivery to one topic (kafka-python).
 
 Strategy. The worker loop is single-threaded and must never stall on the
-broker, so every sink has the same shape: ``send()`` only appends to a
-bounded in-memory queue, and ``poll()`` (called often by the loop) moves
-data on. The Kafka sink keeps its own queue in front of kafka-python's
-producer because the producer's buffer is unbounded in memory and its
-``send()`` can block: we hand the producer at most ``inflight_bytes`` at a
-time and learn the outcome of each message by polling its future (never in
-a callback, so counters are only ever touched by the worker thread). A
-message is delivered, put back to be sent again, or counted under a named
-drop reason; nothing disappears silently.
+broker: ``send()`` only appends to a bounded in-memory queue, and ``poll()``
+(called often by the loop) moves data on. The sink keeps its own queue in
+front of kafka-python's producer because the producer's buffer is unbounded
+in memory and its ``send()`` can block: we hand the producer at most
+``inflight_bytes`` at a time and learn the outcome of each message by
+polling its future (never in a callback, so counters are only ever touched
+by the worker thread). A message is delivered, put back to be sent again, or
+counted under a named drop reason; nothing disappears silently. Records go
+into kafka-python's batches through ``kafka_batches.fast_append`` where its
+internals are as expected, else through ``producer.send()``.
 
-This is the only module of the project that imports kafka.
+The sinks package is the only one that imports kafka.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import select
 import socket
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
 import structlog
+
+from akto_collector.addresses import parse_host_port_list, split_host_port
+from akto_collector.config import KAFKA_COMPRESSIONS
+from akto_collector.sinks import kafka_batches
 
 log = structlog.get_logger()
 
 DEFAULT_BUFFER_BYTES = 64 << 20
-COMPRESSIONS = ("none", "gzip", "lz4", "snappy", "zstd")
-
-# A single os.write of at most PIPE_BUF bytes to a pipe is atomic; larger
-# writes are made exclusive with a POSIX record lock (see JsonLinesSink).
-_PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
-_JSONL_FLUSH_BYTES = 256 << 10
-
-
-class Sink(Protocol):
-    state: str
-
-    def send(self, key: bytes, value: bytes) -> None: ...
-    def poll(self) -> None: ...
-    def flush(self, timeout: float) -> None: ...
-    def close(self, timeout: float) -> None: ...
-    @property
-    def buffered_bytes(self) -> int: ...
-
-
-def make_sink(
-    settings: Any,
-    output: str = "-",
-    counters: Counter | None = None,
-    max_buffer_bytes: int | None = None,
-) -> Sink:
-    """KafkaSink when ``settings.kafka_brokers`` is non-empty, else JsonLinesSink.
-
-    Raises ValueError for a bad broker address or compression name.
-    Create it in the process that uses it (after fork): it owns file
-    descriptors, sockets and, for Kafka, background threads.
-    """
-    counters = Counter() if counters is None else counters
-    if max_buffer_bytes is None:
-        max_buffer_bytes = int(getattr(settings, "buffer_threshold_bytes", 0) or DEFAULT_BUFFER_BYTES)
-    if parse_brokers(getattr(settings, "kafka_brokers", ())):
-        return KafkaSink(settings, counters=counters, max_buffer_bytes=max_buffer_bytes)
-    return JsonLinesSink(
-        output,
-        counters=counters,
-        flush_interval=float(getattr(settings, "kafka_poll_interval", 0.5)),
-    )
-
-
-def parse_brokers(brokers: Any) -> tuple[str, ...]:
-    """Validate "host:port" strings (a comma-separated string is accepted too).
-
-    IPv6 literals are written "[::1]:9092". Raises ValueError naming the bad entry.
-    """
-    if isinstance(brokers, str):
-        brokers = brokers.split(",")
-    out = []
-    for raw in brokers or ():
-        entry = str(raw).strip()
-        if not entry:
-            continue
-        host, sep, port = entry.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
-            raise ValueError(f"KAFKA_BROKERS: bad broker address {entry!r} (expected host:port)")
-        out.append(entry)
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------- JSON lines
-
-
-class JsonLinesSink:
-    """Each value plus b"\\n", appended to a file or written to stdout.
-
-    Several worker processes write to the same stdout, so a batch of whole
-    lines goes out under a POSIX record lock (lockf: per process, so it
-    excludes other workers even though they share the inherited file
-    description; flock would not). Where the lock is refused, batches are
-    cut at line boundaries into pieces of at most PIPE_BUF bytes, which a
-    pipe writes atomically; only a single line longer than that can then
-    interleave.
-    """
-
-    def __init__(self, output: str = "-", counters: Counter | None = None, flush_interval: float = 0.5):
-        self.counters = Counter() if counters is None else counters
-        self._flush_interval = flush_interval
-        if output == "-":
-            # File descriptor 1 itself, not sys.stdout (which Python or a
-            # test harness may have replaced): it is what the workers share.
-            self._fd = 1
-            self._own_fd = False
-            self._target = "stdout"
-        else:
-            self._fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self._own_fd = True
-            self._target = output
-        self._lines: list[bytes] = []
-        self._bytes = 0
-        self._next_write = time.monotonic() + flush_interval
-        self._lockable = True
-        self._error_logged = False
-        self.state = "open"
-
-    @property
-    def buffered_bytes(self) -> int:
-        return self._bytes
-
-    def send(self, key: bytes, value: bytes) -> None:
-        self._lines.append(value)
-        self._bytes += len(value) + 1
-        self.counters["sink.sent"] += 1
-        if self._bytes >= _JSONL_FLUSH_BYTES:
-            self._write()
-
-    def poll(self) -> None:
-        if self._lines and time.monotonic() >= self._next_write:
-            self._write()
-
-    def flush(self, timeout: float = 0.0) -> None:
-        if self._lines:
-            self._write()
-
-    def close(self, timeout: float = 0.0) -> None:
-        if self.state == "closed":
-            return
-        self.flush(timeout)
-        if self._own_fd:
-            os.close(self._fd)
-        self.state = "closed"
-
-    def _write(self) -> None:
-        lines, self._lines, self._bytes = self._lines, [], 0
-        self._next_write = time.monotonic() + self._flush_interval
-        if self.state == "closed":
-            self.counters["sink.dropped.shutdown"] += len(lines)
-            return
-        data = b"\n".join(lines) + b"\n"
-        try:
-            if self._lockable and self._lock():
-                try:
-                    self._write_all(data)
-                finally:
-                    self._unlock()
-            else:
-                for piece in _pieces(lines):
-                    self._write_all(piece)
-        except OSError as exc:
-            # EPIPE (reader gone), ENOSPC, ...: count the batch, keep running.
-            self.counters["sink.dropped.error"] += len(lines)
-            if not self._error_logged:
-                log.error("output write failed", target=self._target, error=str(exc))
-                self._error_logged = True
-            self.state = "failed"
-            return
-        self.counters["sink.delivered"] += len(lines)
-        if self.state == "failed":
-            log.info("output writable again", target=self._target)
-            self._error_logged = False
-        self.state = "open"
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-
-    def _lock(self) -> bool:
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            return True
-        except OSError:
-            self._lockable = False  # e.g. a socket or read-only fd: fall back to PIPE_BUF pieces
-            return False
-
-    def _unlock(self) -> None:
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-        except OSError:
-            pass
-
-
-def _pieces(lines: list[bytes]) -> list[bytes]:
-    """Join lines into chunks of at most PIPE_BUF bytes, never splitting a line."""
-    out: list[bytes] = []
-    cur: list[bytes] = []
-    size = 0
-    for line in lines:
-        n = len(line) + 1
-        if cur and size + n > _PIPE_BUF:
-            out.append(b"\n".join(cur) + b"\n")
-            cur, size = [], 0
-        cur.append(line)
-        size += n
-    if cur:
-        out.append(b"\n".join(cur) + b"\n")
-    return out
-
-
-# --------------------------------------------------------------------------- Kafka
 
 
 class _KafkaLogCapture(logging.Handler):
@@ -270,9 +77,9 @@ def _probe(brokers: list[str], timeout: float = 3.0) -> None:
     """
     errors = []
     for broker in brokers:
-        host, _, port = broker.rpartition(":")
+        host, port = split_host_port(broker)
         try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            socket.create_connection((host, int(port)), timeout=timeout).close()
             return
         except OSError as exc:
             errors.append(f"{broker}: {exc.strerror or exc}")
@@ -334,249 +141,27 @@ def _close_producer(producer: Any, timeout: float) -> None:
         producer._closed = True  # stop __del__ from raising at interpreter exit
 
 
-# send() wakes kafka-python's sender thread (a byte on a socketpair) for every
-# message appended while a partition has a batch ready, which under load is
-# most of them; each wake-up is a syscall and lets the sender thread take the
-# GIL. The hand-over wakes it for the first ready batch, then at most once
-# per this many messages, and at its end.
-_WAKEUP_EVERY = 64
-
-
-def _fast_append(producer: Any) -> Any:
-    """``(append, sender.wakeup, appender)`` for a kafka-python 3.0 producer, or None.
-
-    ``append(tp, timestamp_ms, key, value, headers)`` has the signature and
-    result of ``RecordAccumulator.append``: ``(future, batch_is_full,
-    new_batch, False)``. Where the batch internals look as expected it is the
-    append of ``appender``, a ``_BatchAppender`` (records written straight
-    into the open batch), else the accumulator's own (``appender`` None). KafkaProducer.send() spends about a third
-    of its time on checks that hold for every message we give it (types,
-    headers, metadata present, partition valid, size: the caller ensures
-    these) and on a debug log line that formats the producer every time.
-    Never for a transactional producer; None means: use send().
-    """
-    import inspect
-
+def parse_brokers(brokers: Any) -> tuple[str, ...]:
+    """Validated "host:port" strings (a comma-separated string is accepted too);
+    ValueError names the variable and the bad entry."""
     try:
-        accumulator = producer._accumulator
-        wakeup = producer._sender.wakeup
-        params = list(inspect.signature(accumulator.append).parameters)
-        manager = getattr(producer, "_transaction_manager", None)
-        if manager is not None and manager.is_transactional():
-            return None
-    except Exception:
-        return None
-    if params[:5] != ["tp", "timestamp_ms", "key", "value", "headers"] or "abort_on_new_batch" not in params:
-        return None
-    appender = _BatchAppender.for_accumulator(accumulator)
-    return (appender.append if appender is not None else accumulator.append), wakeup, appender
-
-
-# Zigzag varints of 0..63 (one byte each), the usual sizes of the small fields.
-_VARINT1 = [bytes([n << 1]) for n in range(64)]
-
-
-def _varint(n: int) -> bytes:
-    """Kafka's zigzag varint (as kafka.record.util.encode_varint)."""
-    if 0 <= n < 64:
-        return _VARINT1[n]
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-def _write_record(records: Any, timestamp_ms: int, key: bytes, value: bytes) -> int:
-    """Append one record (no headers) to an open MemoryRecordsBuilder, as its
-    own append() would; return its offset in the batch, or -1 when full."""
-    builder = records._builder
-    buf = builder._buffer
-    first = builder._first_timestamp
-    offset = records._next_offset
-    v_ts = _varint(0 if first is None else timestamp_ms - first)
-    v_off = _varint(offset)
-    v_key = _varint(len(key))
-    v_val = _varint(len(value))
-    size = 2 + len(v_ts) + len(v_off) + len(v_key) + len(key) + len(v_val) + len(value)
-    v_size = _varint(size)
-    if first is not None and len(buf) + len(v_size) + size > builder._batch_size:
-        return -1
-    buf += v_size
-    buf.append(0)  # attributes
-    buf += v_ts
-    buf += v_off
-    buf += v_key
-    buf += key
-    buf += v_val
-    buf += value
-    buf.append(0)  # no headers
-    if first is None:
-        builder._first_timestamp = builder._max_timestamp = timestamp_ms
-    elif timestamp_ms > builder._max_timestamp:
-        builder._max_timestamp = timestamp_ms
-    builder._num_records += 1
-    builder._last_offset = offset
-    records._next_offset = offset + 1
-    return offset
-
-
-class _InBatch:
-    """The outcome of one record written by _BatchAppender: its batch's.
-
-    kafka-python completes a batch's future with (base offset, log append
-    time, record_exceptions_fn), failures included; the function says what
-    happened to the record at an index. Only read once ``is_done``. It sits
-    in the batch's list of record futures, so that a batch the broker finds
-    too large and kafka-python splits moves it to its new batch (rebind).
-    """
-
-    __slots__ = ("_batch", "_index")
-
-    def __init__(self, batch_future: Any, index: int) -> None:
-        self._batch = batch_future
-        self._index = index
-
-    def rebind(self, batch_future: Any, index: int) -> None:
-        self._batch = batch_future
-        self._index = index
-
-    @property
-    def is_done(self) -> bool:
-        return self._batch.is_done
-
-    @property
-    def exception(self) -> BaseException | None:
-        batch = self._batch
-        if batch.exception is not None:
-            return batch.exception
-        result = batch.value
-        if result is not None and result[2] is not None:
-            return result[2](self._index)
-        return None
-
-
-class _BatchAppender:
-    """Writes records straight into kafka-python 3.0's open producer batches.
-
-    Why: RecordAccumulator.append costs about 8 µs a message here (type
-    checks, a future per record with callbacks that the sender thread then
-    runs one by one, a metadata object), which end to end was a third of
-    what a captured pair cost. Here a record costs its encoding; its outcome
-    is read from its batch's future (``_InBatch``). Batches are created,
-    locked and registered exactly as the accumulator does, so the sender
-    thread (draining, idempotence sequence numbers, retries, compression)
-    is kafka-python's own. These are internals: ``for_accumulator`` checks
-    their shape and that a batch written here is byte for byte what
-    kafka-python writes, and returns None otherwise.
-
-    ``_appends_in_progress`` is not counted: it guards appends racing with
-    close(), and the sink only ever closes its producer from the thread
-    that appends.
-    """
-
-    __slots__ = ("_acc", "_batches", "_tp_lock", "_incomplete", "_new_records", "_new_batch",
-                 "_closed_error", "_magic", "_attrs", "batch_size")
-
-    def __init__(self, accumulator: Any) -> None:
-        from kafka.errors import IllegalStateError
-        from kafka.producer.producer_batch import ProducerBatch
-        from kafka.record.memory_records import MemoryRecordsBuilder
-
-        config = accumulator.config
-        self._acc = accumulator
-        self._batches = accumulator._batches
-        self._tp_lock = accumulator._tp_lock
-        self._incomplete = accumulator._incomplete
-        self._new_records = MemoryRecordsBuilder
-        self._new_batch = ProducerBatch
-        self._closed_error = IllegalStateError
-        self._magic = config["message_version"]
-        self._attrs = config["compression_attrs"]
-        # Uncompressed bytes per new batch; the sink lowers it so that every
-        # partition's open batch can fill within its in-flight cap.
-        self.batch_size = config["batch_size"]
-
-    @classmethod
-    def for_accumulator(cls, accumulator: Any) -> _BatchAppender | None:
-        try:
-            appender = cls(accumulator)
-            if appender._magic != 2 or not callable(appender._tp_lock) or not hasattr(appender._incomplete, "add"):
-                return None
-            probe = appender._new_batch(None, appender._new_records(2, appender._attrs, 1024))
-            if not isinstance(getattr(probe, "_record_futures", None), list):
-                return None  # a split batch could not carry our records' handles along
-            if _same_batch_bytes():
-                return appender
-        except Exception:  # noqa: BLE001 (any surprise: use the accumulator's append)
-            pass
-        return None
-
-    def append(self, tp: Any, timestamp_ms: Any, key: bytes, value: bytes, headers: Any,
-               now: float | None = None, abort_on_new_batch: bool = False) -> tuple[Any, bool, bool, bool]:
-        if self._acc._closed:
-            raise self._closed_error("RecordAccumulator is closed")
-        if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)
-        now = time.monotonic() if now is None else now
-        with self._tp_lock(tp):
-            dq = self._batches[tp]
-            new_batch = False
-            index = -1
-            if dq:
-                batch = dq[-1]
-                if not batch.records._closed:
-                    index = _write_record(batch.records, timestamp_ms, key, value)
-            if index < 0:
-                records = self._new_records(self._magic, self._attrs, self.batch_size)
-                batch = self._new_batch(tp, records, now=now)
-                index = _write_record(records, timestamp_ms, key, value)
-                dq.append(batch)
-                self._incomplete.add(batch)
-                new_batch = True
-            batch.last_append = now
-            handle = _InBatch(batch.produce_future, index)
-            batch._record_futures.append(handle)
-            builder = batch.records._builder
-            full = len(dq) > 1 or len(builder._buffer) >= builder._batch_size
-            return handle, full, new_batch, False
-
-
-def _same_batch_bytes() -> bool:
-    """A batch written by _write_record equals one kafka-python writes itself.
-
-    Compared uncompressed: compression is kafka-python's own step over the
-    same buffer, and gzip output carries a timestamp (two compressions a
-    second apart differ).
-    """
-    from kafka.record.memory_records import MemoryRecordsBuilder
-
-    ours = MemoryRecordsBuilder(2, 0, 1 << 16)
-    theirs = MemoryRecordsBuilder(2, 0, 1 << 16)
-    ts = int(time.time() * 1000)
-    for i, (key, value) in enumerate([(b"10.0.0.1", b"{}"), (b"k" * 70, b"v" * 300), (b"", b"x" * 20000)]):
-        if _write_record(ours, ts + i * 1000, key, value) != i:
-            return False
-        theirs.append(ts + i * 1000, key, value, [])
-    ours.close()
-    theirs.close()
-    return bytes(ours.buffer()) == bytes(theirs.buffer())
+        return parse_host_port_list(brokers or ())
+    except ValueError as exc:
+        raise ValueError(f"AKTO_KAFKA_BROKER_MAL: {brokers!r}: {exc}") from None
 
 
 def producer_config(settings: Any, idempotence: bool = True) -> dict[str, Any]:
     """KafkaProducer keyword arguments built from settings (exposed for docs and tests)."""
-    brokers = parse_brokers(getattr(settings, "kafka_brokers", ()))
-    compression = str(getattr(settings, "kafka_compression", "lz4") or "none").lower()
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"KAFKA_COMPRESSION: {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    brokers = parse_brokers(settings.kafka_brokers)
+    compression = str(settings.kafka_compression or "none").lower()
+    if compression not in KAFKA_COMPRESSIONS:
+        raise ValueError(f"AKTO_KAFKA_COMPRESSION: {compression!r} is not one of {', '.join(KAFKA_COMPRESSIONS)}")
     if compression != "none":
         from kafka import codec
 
         if not getattr(codec, f"has_{compression}")():
-            raise ValueError(f"KAFKA_COMPRESSION: {compression} needs its Python library, which is not installed")
-    linger_ms = max(0, int(float(getattr(settings, "kafka_poll_interval", 0.5)) * 1000))
+            raise ValueError(f"AKTO_KAFKA_COMPRESSION: {compression} needs its Python library, which is not installed")
+    linger_ms = max(0, int(float(settings.kafka_poll_interval) * 1000))
     request_timeout_ms = 30_000
     config: dict[str, Any] = {
         "bootstrap_servers": list(brokers),
@@ -602,16 +187,16 @@ def producer_config(settings: Any, idempotence: bool = True) -> dict[str, Any]:
         "max_block_ms": 10_000,
         "metrics_enabled": False,
     }
-    username = getattr(settings, "kafka_username", "") or ""
-    tls = bool(getattr(settings, "kafka_use_tls", False))
+    username = settings.kafka_username
+    tls = bool(settings.kafka_use_tls)
     if username:
         config["security_protocol"] = "SASL_SSL" if tls else "SASL_PLAINTEXT"
         config["sasl_mechanism"] = "PLAIN"
         config["sasl_plain_username"] = username
-        config["sasl_plain_password"] = getattr(settings, "kafka_password", "") or ""
+        config["sasl_plain_password"] = settings.kafka_password
     elif tls:
         config["security_protocol"] = "SSL"
-    ca_file = getattr(settings, "kafka_ca_file", "") or ""
+    ca_file = settings.kafka_ca_file
     if tls and ca_file:
         config["ssl_cafile"] = ca_file
     return config
@@ -655,7 +240,7 @@ class KafkaSink:
         stall_seconds: float | None = None,
     ):
         self.counters = Counter() if counters is None else counters
-        self.topic = topic or getattr(settings, "kafka_topic", "akto.api.logs")
+        self.topic = topic or settings.kafka_topic
         self._config = producer_config(settings)  # validates before anything starts
         self._brokers = ",".join(self._config["bootstrap_servers"])
         self._max_bytes = max(1, int(max_buffer_bytes))
@@ -683,10 +268,12 @@ class KafkaSink:
         self._partitions: list[int] = []  # the topic's partitions, sorted
         self._tps: list[Any] = []  # their TopicPartitions
         self._partition_of: dict[bytes, Any] = {}  # key -> TopicPartition (see _partition_for)
-        self._append: Any = None  # per producer: _fast_append(producer), or False
+        self._append: Any = None  # per producer: kafka_batches.fast_append(producer), or False
         self._sized_for = -1  # the partition count the appender's batch size was set for
         # Larger messages go through producer.send(), which checks max_request_size.
         self._fast_limit = self._config["max_request_size"] - 1024
+        # AKTO_KAFKA_BATCH_WRITER=false: only kafka-python's public send().
+        self._batch_writer = bool(settings.kafka_batch_writer)
 
         self._producer: Any = None
         self._idempotence = True
@@ -890,7 +477,7 @@ class KafkaSink:
             self._reset_producer(exc)
             return
         if self._append is None:
-            self._append = _fast_append(producer) or False
+            self._append = (self._batch_writer and kafka_batches.fast_append(producer)) or False
             self._sized_for = -1
         fast, wakeup, appender = self._append or (None, None, None)
         if appender is not None and self._sized_for != len(self._tps):
@@ -905,7 +492,7 @@ class KafkaSink:
         send, popleft, push = producer.send, pending.popleft, inflight.append
         small = self._fast_limit
         handed = 0
-        since_wakeup = _WAKEUP_EVERY  # the first ready batch wakes the sender at once
+        since_wakeup = kafka_batches.WAKEUP_EVERY  # the first ready batch wakes the sender at once
         ready = False
         while pending and self._inflight_bytes < cap:
             key, value = pending[0]
@@ -920,7 +507,7 @@ class KafkaSink:
                         since_wakeup += 1
                         if batch_is_full or new_batch:
                             ready = True
-                            if since_wakeup >= _WAKEUP_EVERY:
+                            if since_wakeup >= kafka_batches.WAKEUP_EVERY:
                                 wakeup()
                                 since_wakeup = ready = 0
                     else:
@@ -1059,51 +646,3 @@ class KafkaSink:
                 buffered=self.buffered_bytes,
                 **extra,
             )
-
-
-# --------------------------------------------------------------------------- heartbeat
-
-
-class HeartbeatSender:
-    """One JSON message per call on ``settings.heartbeat_topic``, best effort.
-
-    The caller (the supervisor) builds the payload and calls ``poll()`` from
-    its loop. Without brokers this does nothing. Counters are ``heartbeat.*``.
-    """
-
-    def __init__(self, settings: Any, counters: Counter | None = None, max_buffer_bytes: int = 1 << 20):
-        self.counters = Counter() if counters is None else counters
-        self.interval = float(getattr(settings, "heartbeat_interval", 60))
-        self._sink: KafkaSink | None = None
-        if parse_brokers(getattr(settings, "kafka_brokers", ())):
-            self._sink = KafkaSink(
-                settings,
-                counters=self.counters,
-                max_buffer_bytes=max_buffer_bytes,
-                topic=getattr(settings, "heartbeat_topic", "akto.daemonset.producer.heartbeats"),
-                counter_prefix="heartbeat",
-                inflight_bytes=max_buffer_bytes // 2,
-            )
-
-    @property
-    def enabled(self) -> bool:
-        return self._sink is not None
-
-    @property
-    def state(self) -> str:
-        return self._sink.state if self._sink is not None else "disabled"
-
-    def send(self, payload: dict[str, Any]) -> None:
-        if self._sink is None:
-            return
-        key = str(payload.get("daemonset_id") or payload.get("collector_id") or "").encode()
-        self._sink.send(key, orjson.dumps(payload, default=str))
-        self._sink.poll()
-
-    def poll(self) -> None:
-        if self._sink is not None:
-            self._sink.poll()
-
-    def close(self, timeout: float) -> None:
-        if self._sink is not None:
-            self._sink.close(timeout)

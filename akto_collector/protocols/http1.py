@@ -1,13 +1,18 @@
-"""HTTP/1.x framing for one direction of a captured connection, and pairing.
+"""HTTP/1.x: two readers (one per direction) and the FIFO pairing of their messages.
 
 Strategy. A capture sees what the application accepted, so the reader is a
 lenient, hand-written state machine over bytes (see docs/http-core.md for why
 not httptools): heads are found with ``bytes.find`` and split with str
 methods, bodies are sliced, never walked byte by byte. It is sans-IO: the
-caller feeds bytes and reports gaps (bytes it knows were lost); completed
-messages go to an ``ExchangePairer``, which the response reader also asks for
-the method of the matching request, because that decides the response's
-framing (HEAD, CONNECT).
+caller feeds bytes and reports gaps (bytes it knows were lost).
+
+Ownership goes one way. ``Http1Parser`` (the protocol's parser for a
+connection, driven by ``streams.ConnectionStream``) owns both readers and the
+pairing state; a reader reports to its owner through four calls
+(``kind_found``, ``message_done``, ``message_lost``, and
+``method_for_response``, which it asks because the request's method decides
+the response's framing: HEAD, CONNECT). How a body is delimited is one pure
+function, ``body_framing`` (h11's ``_body_framing`` is the model).
 
 A reader starts in *resync*: it skips bytes until a request line
 (``METHOD SP target SP HTTP/1.x``) or a status line (``HTTP/1.x SP 3DIGIT``)
@@ -21,16 +26,13 @@ named counter; nothing here raises on bad input and every buffer is bounded.
 from __future__ import annotations
 
 import re
-import zlib
 from collections import deque
 from itertools import repeat
 
-try:  # br is undone only where the library is installed
-    import brotli
-except ImportError:  # pragma: no cover - brotli is in requirements
-    brotli = None
 
-from akto_collector.events import Exchange, HttpRequest, HttpResponse
+from akto_collector.events import RECV, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SEND, Exchange, HttpRequest, HttpResponse
+from akto_collector.protocols import PROTO_HTTP2, PROTO_OTHER
+from akto_collector.protocols.bodies import decode_body
 
 KIND_UNKNOWN = 0
 KIND_REQUEST = 1
@@ -46,6 +48,14 @@ _CHUNK_END = 5  # expecting the CRLF after a chunk
 _TRAILERS = 6  # after the last chunk: trailer fields then an empty line
 _UNTIL_CLOSE = 7  # response body delimited by the connection's close
 _DONE = 8  # no more HTTP on this direction (upgrade, CONNECT, closed)
+
+# Body framings (body_framing).
+BODY_NONE = 0  # no body
+BODY_LENGTH = 1  # Content-Length bytes
+BODY_CHUNKED = 2  # chunked transfer coding
+BODY_UNTIL_CLOSE = 3  # a response body delimited by the connection's close
+BODY_UPGRADE = 4  # 101 Switching Protocols, or a CONNECT tunnel: another protocol follows
+BODY_INTERIM = 5  # a 1xx response: the final one follows
 
 _BODY_STATES = frozenset((_LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE))
 
@@ -67,81 +77,152 @@ _HEX_DIGITS = b"0123456789ABCDEFabcdef"
 
 _MAX_CHUNK_LINE = 4096  # a chunk-size line with extensions longer than this is garbage
 _MAX_ALTS = 32  # candidate line starts remembered inside a held partial line
-_DECODE_STEP = 1 << 16  # compressed input fed per call, so a failure keeps what came before
 
 
-class ExchangePairer:
-    """Pairs each response with the oldest unanswered request of its connection.
+class Http1Parser:
+    """Both directions of one HTTP/1.x connection: bytes in, exchanges out.
 
-    ``pending`` is a FIFO of complete requests; ``None`` stands for a request
-    known to be lost (its bytes fell in a gap), so that the response to it is
-    dropped instead of being paired with the next request. Pairs are appended
-    to ``out`` as ``Exchange`` objects carrying ``role`` and ``tls`` as set by
-    the owner.
+    Pairs each response with the oldest unanswered request. ``pending`` is a
+    FIFO of complete requests; ``None`` stands for a request known to be lost
+    (its bytes fell in a gap), so that the response to it is dropped instead
+    of being paired with the next request. ``switch`` is set when the
+    connection leaves HTTP/1 (see ``take_switch``).
     """
 
-    __slots__ = ("conn", "role", "tls", "out", "pending", "requests", "upgraded", "_counters", "_max_pending")
+    __slots__ = ("conn", "role", "tls", "out", "pending", "switch", "_counters", "_max_pending", "_readers",
+                 "_requests")
 
-    def __init__(self, conn, counters, max_pending: int, role: int = 0, tls: bool = False):
+    def __init__(self, conn, limits, counters, role: int = ROLE_UNKNOWN, tls: bool = False):
         self.conn = conn
-        self.role = role
+        self.role = ROLE_UNKNOWN
         self.tls = tls
         self.out: list[Exchange] = []
         self.pending: deque = deque()
-        self.requests: MessageReader | None = None  # the reader of the request direction, once known
-        self.upgraded = False  # the connection switched protocols: HTTP parsing ends
+        self.switch = None  # (protocol, upgrade request or None) once HTTP/1 ended here
         self._counters = counters
-        self._max_pending = max_pending
+        self._max_pending = limits.max_pending
+        self._readers = (MessageReader(SEND, limits, counters, self), MessageReader(RECV, limits, counters, self))
+        self._requests: MessageReader | None = None  # the reader of the request direction, once known
+        if role != ROLE_UNKNOWN:
+            self._set_role(role)
 
-    def request_done(self, req: HttpRequest | None) -> None:
-        pending = self.pending
-        pending.append(req)
-        if len(pending) > self._max_pending:
-            pending.popleft()
-            self._counters["http.pending_overflow"] += 1
+    # -- the protocol parser interface (streams.ConnectionStream) ----------------
 
-    def request_lost(self) -> None:
-        self.request_done(None)
+    def feed(self, direction: int, data, ts: float, call_start: bool) -> None:
+        self._readers[direction].feed(data, ts, call_start)
 
-    def response_lost(self) -> None:
-        """A response began in lost bytes: its request will never be answered."""
-        if self.pending and self.pending.popleft() is not None:
-            self._counters["http.unpaired_request"] += 1
+    def gap(self, direction: int, n: int) -> None:
+        self._readers[direction].gap(n)
+
+    def at_boundary(self, direction: int) -> bool:
+        return self._readers[direction].at_boundary
+
+    def close(self) -> None:
+        """The connection closed: close-delimited responses complete; the rest is dropped (counted)."""
+        if self._requests is not None:
+            # Responses first, so a close-delimited one still finds its request.
+            self._readers[SEND if self.role == ROLE_SERVER else RECV].close()
+        for reader in self._readers:
+            reader.close()
+        self.expire()
+
+    def expire(self) -> None:
+        """Drop half messages and unanswered requests (counted)."""
+        for reader in self._readers:
+            reader.expire()
+        n = sum(1 for r in self.pending if r is not None)
+        self.pending.clear()
+        if n:
+            self._counters["http.unanswered_request"] += n
+
+    def take(self) -> list[Exchange]:
+        """The exchanges completed since the last call."""
+        out = self.out
+        if out:
+            self.out = []
+            return out
+        return []
+
+    def take_switch(self):
+        """(protocol, {direction: bytes after the switch}, request the new protocol answers or None)."""
+        protocol, request = self.switch
+        rest = {d: reader.take_rest() for d, reader in enumerate(self._readers)}
+        return protocol, rest, request
+
+    @property
+    def buffered(self) -> int:
+        r = self._readers
+        return r[0].buffered + r[1].buffered + sum(len(q.body) for q in self.pending if q is not None)
+
+    # -- what the readers report -----------------------------------------------------
+
+    def kind_found(self, reader: MessageReader, kind: int) -> None:
+        # A request read means the process serves; a request written, it is a client.
+        self._set_role(ROLE_SERVER if (kind == KIND_REQUEST) == (reader.direction == RECV) else ROLE_CLIENT)
 
     def method_for_response(self) -> str | None:
         if self.pending:
             req = self.pending[0]
             return req.method if req is not None else None
-        reader = self.requests
+        reader = self._requests
         if reader is not None:
             req = reader.current_request()
             if req is not None:
                 return req.method
         return None
 
-    def response_done(self, resp: HttpResponse) -> None:
+    def message_done(self, msg, is_request: bool, upgrade: bool) -> None:
+        if is_request:
+            pending = self.pending
+            pending.append(msg)
+            if len(pending) > self._max_pending:
+                pending.popleft()
+                self._counters["http.pending_overflow"] += 1
+            return
         if self.pending:
             req = self.pending.popleft()
-        elif self.requests is not None:
+        elif self._requests is not None:
             # The response completed before its request did (an early error
             # response, or a request body still streaming): pair it now.
-            req = self.requests.take_current()
+            req = self._requests.take_current()
         else:
             req = None
+        if upgrade:
+            self._counters["http.upgrade"] += 1
+            for reader in self._readers:
+                reader.stop()
+            if req is not None and msg.status == 101 and _upgrades_to_h2c(req):
+                # The request is answered on HTTP/2's stream 1: hand it over.
+                self.switch = (PROTO_HTTP2, req)
+                return
+            self.switch = (PROTO_OTHER, None)  # WebSocket, a CONNECT tunnel: not HTTP any more
         if req is None:
             self._counters["http.unpaired_response"] += 1
             return
-        self.out.append(Exchange(self.conn, self.role, self.tls, req, resp))
+        self.out.append(Exchange(self.conn, self.role, self.tls, req, msg))
 
-    @property
-    def buffered(self) -> int:
-        return sum(len(r.body) for r in self.pending if r is not None)
+    def message_lost(self, reader: MessageReader) -> None:
+        if reader.kind == KIND_REQUEST:
+            self.message_done(None, True, False)
+        elif reader.kind == KIND_RESPONSE:
+            # A response began in lost bytes: its request will never be answered.
+            if self.pending and self.pending.popleft() is not None:
+                self._counters["http.unpaired_request"] += 1
 
-    def forget(self) -> int:
-        """Drop the unanswered requests; return how many there were."""
-        n = sum(1 for r in self.pending if r is not None)
-        self.pending.clear()
-        return n
+    def _set_role(self, role: int) -> None:
+        self.role = role
+        requests = self._readers[RECV if role == ROLE_SERVER else SEND]
+        responses = self._readers[SEND if role == ROLE_SERVER else RECV]
+        requests.kind = KIND_REQUEST
+        responses.kind = KIND_RESPONSE
+        self._requests = requests
+
+
+def _upgrades_to_h2c(req: HttpRequest) -> bool:
+    for name, value in req.headers:
+        if len(name) == 7 and name.lower() == "upgrade":
+            return "h2c" in value.lower()
+    return False
 
 
 class MessageReader:
@@ -149,25 +230,25 @@ class MessageReader:
 
     ``feed(data, ts)`` takes the next contiguous bytes, ``gap(n)`` says n bytes
     are missing before the next feed, ``close()`` ends the direction (a
-    close-delimited body completes). Completed requests and responses go to
-    ``pairer``. ``on_kind(reader, kind)`` is called once when a reader of
-    unknown kind meets its first message boundary.
+    close-delimited body completes). What it finds goes to its ``owner``
+    (an ``Http1Parser``): ``kind_found`` once, when a reader of unknown kind
+    meets its first message boundary; ``message_done`` for each complete
+    message; ``message_lost`` when one began in lost bytes.
     """
 
     __slots__ = (
-        "kind", "direction", "_limits", "_counters", "_pairer", "_on_kind",
+        "kind", "direction", "_limits", "_counters", "_owner",
         "_state", "_buf", "_buf_ts", "_scan", "_line_ok", "_line_start",
         "_msg", "_is_req", "_parts", "_kept", "_size", "_cut", "_remaining",
         "_coding", "_taken", "_upgrade", "_alts", "_alt_ts", "_candidate",
     )
 
-    def __init__(self, direction: int, limits, counters, pairer: ExchangePairer, kind: int = KIND_UNKNOWN, on_kind=None):
+    def __init__(self, direction: int, limits, counters, owner: Http1Parser, kind: int = KIND_UNKNOWN):
         self.kind = kind
         self.direction = direction
         self._limits = limits
         self._counters = counters
-        self._pairer = pairer
-        self._on_kind = on_kind
+        self._owner = owner
         self._buf = bytearray()
         self._buf_ts = 0.0
         self._scan = 0
@@ -206,10 +287,6 @@ class MessageReader:
         """Nothing is held and no message is in progress."""
         return self._state in (_RESYNC, _HEAD) and not self._buf
 
-    @property
-    def finished(self) -> bool:
-        return self._state == _DONE
-
     def current_request(self) -> HttpRequest | None:
         if self._is_req and self._msg is not None and not self._taken:
             return self._msg
@@ -224,6 +301,17 @@ class MessageReader:
             req.body_cut = True
             self._taken = True
         return req
+
+    def stop(self) -> None:
+        """HTTP/1 ends here (an upgrade): keep the bytes that follow, parse nothing more."""
+        self._reset_message()
+        self._state = _DONE
+
+    def take_rest(self) -> bytes:
+        """The bytes held since HTTP/1 ended (the next protocol's first bytes)."""
+        rest = bytes(self._buf) if self._state == _DONE else b""
+        self._buf = bytearray()
+        return rest
 
     # -- input -----------------------------------------------------------
 
@@ -274,8 +362,8 @@ class MessageReader:
             elif st == _UNTIL_CLOSE:
                 self._take(b, i, n)
                 j = n
-            else:  # _DONE: the rest is another protocol
-                j = n
+            else:  # _DONE: the rest is another protocol's; take_rest() hands it on
+                j = ~i
             if j < 0:
                 i = ~j
                 break
@@ -364,11 +452,8 @@ class MessageReader:
             self._buf = bytearray()
 
     def _lost(self) -> None:
-        kind = self.kind
-        if kind == KIND_REQUEST:
-            self._pairer.request_lost()
-        elif kind == KIND_RESPONSE:
-            self._pairer.response_lost()
+        if self.kind != KIND_UNKNOWN:
+            self._owner.message_lost(self)
 
     # -- resync ----------------------------------------------------------
 
@@ -485,8 +570,7 @@ class MessageReader:
             self._counters["http.resync_bytes"] += pos - i
         if self.kind == KIND_UNKNOWN:
             self.kind = kind
-            if self._on_kind is not None:
-                self._on_kind(self, kind)
+            self._owner.kind_found(self, kind)
         self._state = _HEAD
         self._line_ok = True
         self._scan = 0
@@ -610,13 +694,7 @@ class MessageReader:
                 method, target, version = m.groups()
             self._is_req = True
             self._msg = HttpRequest(method, target, version, headers, b"", False, 0, ts)
-            if chunked:
-                self._state = _CHUNK_SIZE
-            elif cl:
-                self._state = _LENGTH
-                self._remaining = cl
-            else:
-                self._complete()
+            self._frame_body(body_framing(None, None, cl, chunked), cl)
             return True
         version, _, rest = first.partition(" ")
         code, _, reason = rest.partition(" ")
@@ -628,27 +706,26 @@ class MessageReader:
                 return False
             version, status, reason = m[1], int(m[2]), m[3] or ""
         self._msg = HttpResponse(version, status, reason.strip(" "), headers, b"", False, 0, ts)
-        method = self._pairer.method_for_response()
-        if status < 200 and status != 101:
-            # 1xx interim response: the real one follows; not a pair by itself.
-            self._reset_message()
-            self._state = _HEAD
-        elif status == 101 or (method == "CONNECT" and status < 300):
+        self._frame_body(body_framing(self._owner.method_for_response(), status, cl, chunked), cl)
+        return True
+
+    def _frame_body(self, framing: int, cl) -> None:
+        """Enter the state that reads the body ``framing`` says (or complete the message)."""
+        if framing == BODY_LENGTH:
+            self._state = _LENGTH
+            self._remaining = cl
+        elif framing == BODY_CHUNKED:
+            self._state = _CHUNK_SIZE
+        elif framing == BODY_NONE:
+            self._complete()
+        elif framing == BODY_UNTIL_CLOSE:
+            self._state = _UNTIL_CLOSE
+        elif framing == BODY_UPGRADE:
             self._upgrade = True
             self._complete()
-        elif method == "HEAD" or status == 204 or status == 304:
-            self._complete()
-        elif chunked:
-            self._state = _CHUNK_SIZE
-        elif cl is not None:
-            if cl:
-                self._state = _LENGTH
-                self._remaining = cl
-            else:
-                self._complete()
-        else:
-            self._state = _UNTIL_CLOSE
-        return True
+        else:  # BODY_INTERIM: a 1xx response; the real one follows, it is no pair by itself
+            self._reset_message()
+            self._state = _HEAD
 
     # -- bodies ----------------------------------------------------------
 
@@ -750,7 +827,7 @@ class MessageReader:
             body = bytes(body)
         cut = self._cut
         if self._coding and body:
-            body, cut = _decode_body(body, self._coding, self._limits.max_body_bytes, cut, self._counters)
+            body, cut = decode_body(body, self._coding, self._limits.max_body_bytes, cut, self._counters)
         msg.body = body
         msg.body_cut = cut
         msg.body_size = size
@@ -761,15 +838,28 @@ class MessageReader:
         self._reset_message()
         self._state = _HEAD
         self._line_ok = False
-        pairer = self._pairer
-        if is_req:
-            pairer.request_done(msg)
-        else:
-            pairer.response_done(msg)
-            if upgrade:
-                self._counters["http.upgrade"] += 1
-                pairer.upgraded = True
-                self._state = _DONE
+        self._owner.message_done(msg, is_req, upgrade)  # on an upgrade, the owner stops both readers
+
+
+def body_framing(request_method: str | None, status: int | None, content_length: int | None, chunked: bool) -> int:
+    """How a message's body is delimited (RFC 9112 section 6.3), from its head
+    alone: ``status`` None for a request; ``request_method`` is that of the
+    request a response answers (None when unknown)."""
+    if status is None:
+        if chunked:
+            return BODY_CHUNKED
+        return BODY_LENGTH if content_length else BODY_NONE
+    if status < 200 and status != 101:
+        return BODY_INTERIM
+    if status == 101 or (request_method == "CONNECT" and status < 300):
+        return BODY_UPGRADE
+    if request_method == "HEAD" or status == 204 or status == 304:
+        return BODY_NONE
+    if chunked:  # chunked wins over Content-Length
+        return BODY_CHUNKED
+    if content_length is not None:
+        return BODY_LENGTH if content_length else BODY_NONE
+    return BODY_UNTIL_CLOSE
 
 
 def _plain_request_line(parts: list[str]) -> bool:
@@ -807,109 +897,3 @@ def _content_length(value: str) -> int | None:
         if v.isascii() and v.isdigit() and len(v) <= 18:
             return int(v)
     return None
-
-
-class _Corrupt(Exception):
-    """Compressed data failed to decode; ``partial`` is what decoded before."""
-
-    def __init__(self, partial: bytes):
-        super().__init__("corrupt compressed body")
-        self.partial = partial
-
-
-def _decode_body(body: bytes, coding: str, limit: int, cut: bool, counters) -> tuple[bytes, bool]:
-    """Undo Content-Encoding, producing at most ``limit`` bytes.
-
-    Corrupt or unsupported data keeps the raw bytes (counted); a cut body
-    keeps whatever decoded before the hole.
-    """
-    out = body
-    try:
-        for c in reversed(coding.lower().split(",")):
-            c = c.strip()
-            if c in ("gzip", "x-gzip"):
-                out, over = _inflate(out, 47, limit)  # 32+15: gzip or zlib header
-            elif c == "deflate":
-                try:
-                    out, over = _inflate(out, 47, limit)  # zlib-wrapped, as the RFC says
-                except _Corrupt as e:
-                    if e.partial:
-                        raise
-                    out, over = _inflate(out, -15, limit)  # raw deflate, as some servers send
-            elif c == "br" and brotli is not None:
-                out, over = _unbrotli(out, limit)
-            elif c in ("identity", ""):
-                continue
-            else:
-                counters["http.decompress_unsupported"] += 1
-                return body, cut
-            cut = cut or over
-    except _Corrupt as e:
-        if cut and e.partial:
-            return e.partial, True
-        counters["http.decompress_error"] += 1
-        return body, cut
-    return out, cut
-
-
-def _inflate(data: bytes, wbits: int, limit: int) -> tuple[bytes, bool]:
-    if len(data) <= _DECODE_STEP:
-        # The usual body: small, one member, within the limit: one call. Any
-        # other outcome is redone below (an error would recur identically).
-        d = zlib.decompressobj(wbits)
-        try:
-            o = d.decompress(data, limit)
-        except zlib.error:
-            raise _Corrupt(b"") from None
-        if d.eof and not d.unused_data and len(o) < limit:
-            return o, False
-    out: list[bytes] = []
-    got = 0
-    rest = data
-    try:
-        while rest and got < limit:
-            d = zlib.decompressobj(wbits)
-            view = memoryview(rest)
-            pos = 0
-            size = len(rest)
-            while pos < size and got < limit and not d.eof:
-                o = d.decompress(view[pos:pos + _DECODE_STEP], limit - got)
-                out.append(o)
-                got += len(o)
-                if d.unconsumed_tail:
-                    break  # output limit reached
-                pos += _DECODE_STEP
-            if not d.eof or got >= limit:
-                return b"".join(out), not d.eof or bool(d.unconsumed_tail) or bool(d.unused_data)
-            # Another gzip member may follow (concatenated gzip is valid).
-            rest = d.unused_data + bytes(view[pos:])
-            if not rest.strip(b"\0"):
-                break
-    except zlib.error:
-        raise _Corrupt(b"".join(out)) from None
-    return b"".join(out), False
-
-
-def _unbrotli(data: bytes, limit: int) -> tuple[bytes, bool]:
-    d = brotli.Decompressor()
-    out: list[bytes] = []
-    got = 0
-    view = memoryview(data)
-    pos = 0
-    size = len(data)
-    try:
-        while pos < size and got < limit:
-            o = d.process(view[pos:pos + _DECODE_STEP], output_buffer_limit=limit - got)
-            pos += _DECODE_STEP
-            out.append(o)
-            got += len(o)
-            while got < limit and not d.can_accept_more_data():
-                o = d.process(b"", output_buffer_limit=limit - got)
-                if not o:
-                    break
-                out.append(o)
-                got += len(o)
-    except brotli.error:
-        raise _Corrupt(b"".join(out)) from None
-    # The output limit may be overshot by one buffer: trim to it.
-    return b"".join(out)[:limit], got >= limit and not d.is_finished()

@@ -11,7 +11,8 @@ a file covers every process that maps that file.
 
 Nothing here logs or attaches anything, and bcc is not imported: ``scan``
 returns what it found, what cannot be captured and why, and which pids could
-not be read, and the caller (the supervisor, through ``bpf``) acts and logs.
+not be read, and the caller (``uprobes.UprobeManager``) acts and logs. What a
+file is comes from ``elf``; which kinds there are, from ``tlslibs``.
 
 ELF analysis is cached by file identity ``(dev, ino, size, mtime)`` for the
 scanner's lifetime, so a large executable (node is ~100 MB) is analysed once;
@@ -20,54 +21,33 @@ later scans cost a few small /proc reads per process.
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-# TlsLibrary.kind
-KIND_OPENSSL = "openssl"  # shared libssl.so* from OpenSSL
-KIND_BORINGSSL = "boringssl"  # shared libssl.so* from BoringSSL
-KIND_GNUTLS = "gnutls"  # libgnutls.so*
-KIND_NSS = "nss"  # libnspr4.so, in a process that also maps NSS's libssl3.so
-KIND_OPENSSL_STATIC = "openssl-static"  # OpenSSL linked into the executable
-KIND_BORINGSSL_STATIC = "boringssl-static"  # BoringSSL linked into the executable
-# Kinds whose probes are the OpenSSL API (SSL_read/SSL_write and friends).
-OPENSSL_API_KINDS = frozenset(
-    {KIND_OPENSSL, KIND_BORINGSSL, KIND_OPENSSL_STATIC, KIND_BORINGSSL_STATIC}
+from akto_collector.procfs import process_comm, process_start_time, read_stat  # noqa: F401 (re-exported)
+from akto_collector.supervisor.elf import ElfInfo
+from akto_collector.supervisor.elf import analyse_elf as _analyse_elf
+from akto_collector.tlslibs import (
+    GNUTLS,
+    KIND_BORINGSSL,
+    KIND_BORINGSSL_STATIC,
+    KIND_GNUTLS,
+    KIND_NSS,
+    KIND_OPENSSL,
+    KIND_OPENSSL_STATIC,
+    KINDS,
+    NSS,
+    OPENSSL,
+    usable,
 )
 
-# Symbols looked up per kind; TlsLibrary.symbols is the subset present.
-# SSL_read_ex/SSL_write_ex exist only in OpenSSL >= 1.1.1 (CPython uses them).
-# SSL_get_fd/SSL_set_fd are not probed for data but help tie a session to its
-# socket where no syscall runs under SSL_read/SSL_write (node's memory BIOs).
-OPENSSL_SYMBOLS = (
-    "SSL_read",
-    "SSL_write",
-    "SSL_read_ex",
-    "SSL_write_ex",
-    "SSL_do_handshake",
-    "SSL_free",
-    "SSL_get_fd",
-    "SSL_set_fd",
-)
-GNUTLS_SYMBOLS = ("gnutls_record_recv", "gnutls_record_send")
-NSPR_SYMBOLS = ("PR_Read", "PR_Write", "PR_Recv", "PR_Send")
-# Defined only by BoringSSL, never by OpenSSL: tells the two apart.
-BORINGSSL_MARKERS = ("SSL_CTX_set_strict_cipher_list", "SSL_CTX_set_select_certificate_cb")
-
-# A library is usable only with at least one read and one write function.
-_REQUIRED = {
-    KIND_OPENSSL: (("SSL_read", "SSL_read_ex"), ("SSL_write", "SSL_write_ex")),
-    KIND_GNUTLS: (("gnutls_record_recv",), ("gnutls_record_send",)),
-    KIND_NSS: (("PR_Read", "PR_Recv"), ("PR_Write", "PR_Send")),
-}
+# Where the host's own TLS libraries live (attached at start: a short-lived
+# client that maps them later is covered from its first call).
+SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib",
+                   "/usr/local/lib", "/usr/lib/aarch64-linux-gnu")
 
 REASON_JAVA = "java: TLS in JSSE is not captured"
 REASON_GO = "go: crypto/tls is not captured (no uprobes for Go ABI yet)"
@@ -91,19 +71,6 @@ _LIBSSL_NAME_RE = re.compile(r"libssl(?:-[0-9a-f]{8})?\.so")
 _LIBCRYPTO_NAME_RE = re.compile(r"libcrypto(?:-[0-9a-f]{8})?\.so")
 # Version suffix of a shared object's file name: libssl.so.1.1 -> "1.1".
 _SO_VERSION_RE = re.compile(r"\.so\.(\d[\w.]*)$")
-# OPENSSL_VERSION_TEXT as compiled into libcrypto or a static executable:
-# "OpenSSL 3.0.19 27 Jan 2026", "OpenSSL 1.1.1w+quic  11 Sep 2023", and
-# BoringSSL's "OpenSSL 1.1.1 (compatible; BoringSSL)".
-_OPENSSL_TEXT_RE = re.compile(
-    rb"OpenSSL (\d+\.\d+\.\d+[a-z]?)(?:[+-][\w.]+)?"
-    rb"(?: +\d{1,2} [A-Z][a-z]{2} \d{4}|( \(compatible; BoringSSL\)))"
-)
-
-# Section names only Go's linker writes (.gopclntab is folded into
-# .data.rel.ro in PIE builds; .go.buildinfo is always there since Go 1.13).
-_GO_SECTIONS = frozenset({".go.buildinfo", ".gopclntab", ".note.go.buildid"})
-_GO_TLS_MARKER = b"crypto/tls.(*Conn)"
-
 # Cgroup paths of containers, not of the runtimes' own daemons (which live in
 # docker.service / containerd.service) nor of their per-container monitors
 # (crio-conmon-*, libpod-conmon-*).
@@ -171,188 +138,10 @@ class ScanResult:
     duration: float = 0.0  # seconds
 
 
-@dataclass(frozen=True, slots=True)
-class _ElfInfo:
-    """What one ELF file is, as far as TLS capture goes (cached per file)."""
-
-    symbols: dict[str, int]  # wanted symbols the file defines -> address
-    boringssl: bool = False
-    openssl_version: str = ""  # from OPENSSL_VERSION_TEXT, when searched for and found
-    stripped_static: bool = False  # OpenSSL text present, SSL symbols absent
-    go: bool = False
-    go_tls: bool = False
-    error: str = ""
-
-
-# ---------------------------------------------------------------------------
-# /proc helpers
-
-
-def _read_stat(proc_root: str, pid: int) -> tuple[str, int, int]:
-    """(comm, flags, start_time) from /proc/PID/stat; raises OSError."""
-    with open(f"{proc_root}/{pid}/stat", "rb") as f:
-        data = f.read()
-    # comm may itself contain spaces and parentheses: it ends at the last ')'.
-    lpar, rpar = data.find(b"("), data.rfind(b")")
-    if lpar < 0 or rpar < 0:
-        raise OSError(f"malformed {proc_root}/{pid}/stat")
-    comm = os.fsdecode(data[lpar + 1 : rpar])
-    fields = data[rpar + 2 :].split()  # fields[0] is field 3 (state)
-    if len(fields) < 20:
-        raise OSError(f"malformed {proc_root}/{pid}/stat")
-    return comm, int(fields[6]), int(fields[19])
-
-
-def process_start_time(proc_root: str, pid: int) -> int:
-    """Start time of the process in clock ticks after boot (field 22 of
-    /proc/PID/stat): with the pid, it names one process across pid reuse.
-    Raises OSError when the process is gone or unreadable."""
-    return _read_stat(proc_root, pid)[2]
-
-
-def process_comm(proc_root: str, pid: int) -> str:
-    """The process's command name (/proc/PID/comm), "" if it cannot be read."""
-    try:
-        with open(f"{proc_root}/{pid}/comm", "rb") as f:
-            return os.fsdecode(f.read().rstrip(b"\n"))
-    except OSError:
-        return ""
-
-
 def is_container_cgroup(cgroup_text: str) -> bool:
     """True if /proc/PID/cgroup content places the process in a container
     (kubepods, docker, containerd, cri-o, libpod)."""
     return _CONTAINER_CGROUP_RE.search(cgroup_text) is not None
-
-
-# ---------------------------------------------------------------------------
-# ELF analysis
-
-
-def _find_symbols(
-    elf: ELFFile, mm: mmap.mmap, symsec, names: Iterable[str]
-) -> tuple[dict[str, int], set[str]]:
-    """Look names up in one symbol table without decoding every entry.
-
-    Iterating node's 75 000 .dynsym entries with pyelftools takes ~1.6 s.
-    Instead: find where each name sits in the string table, then find
-    symbol entries whose st_name (the first field of Elf32_Sym and
-    Elf64_Sym) holds that offset, and decode only those. Returns
-    (defined functions -> st_value, names present but undefined).
-    """
-    defined: dict[str, int] = {}
-    undefined: set[str] = set()
-    if symsec is None or not symsec["sh_entsize"] or symsec["sh_type"] == "SHT_NOBITS":
-        return defined, undefined
-    strsec = elf.get_section(symsec["sh_link"])
-    s0 = strsec["sh_offset"]
-    s1 = s0 + strsec["sh_size"]
-    t0 = symsec["sh_offset"]
-    t1 = t0 + symsec["sh_size"]
-    ent = symsec["sh_entsize"]
-    fmt = "<I" if elf.little_endian else ">I"
-    for name in names:
-        pattern = name.encode() + b"\0"
-        i = mm.find(pattern, s0, s1)
-        # The linker may share a tail ("SSL_read" inside "xSSL_read"), so
-        # every occurrence is a possible st_name, not only one after a NUL.
-        while i != -1:
-            needle = struct.pack(fmt, i - s0)
-            j = mm.find(needle, t0, t1)
-            while j != -1:
-                if (j - t0) % ent == 0:
-                    sym = symsec.get_symbol((j - t0) // ent)
-                    if sym["st_shndx"] == "SHN_UNDEF":
-                        undefined.add(name)
-                    elif sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC"):
-                        defined.setdefault(name, sym["st_value"])
-                j = mm.find(needle, j + 1, t1)
-            i = mm.find(pattern, i + 1, s1)
-    return defined, undefined
-
-
-def _openssl_text(elf: ELFFile, mm: mmap.mmap) -> tuple[str, bool]:
-    """(version, is_boringssl) from OPENSSL_VERSION_TEXT in .rodata, or ("", False)."""
-    sec = elf.get_section_by_name(".rodata")
-    if sec is None or sec["sh_type"] == "SHT_NOBITS":
-        start, end = 0, len(mm)
-    else:
-        start, end = sec["sh_offset"], sec["sh_offset"] + sec["sh_size"]
-    m = _OPENSSL_TEXT_RE.search(mm, start, end)
-    if m is None:
-        return "", False
-    return m.group(1).decode(), m.group(2) is not None
-
-
-def _analyse_elf(path: str, names: tuple[str, ...], mode: str) -> _ElfInfo:
-    """Analyse one file. mode: "lib" (symbols only), "crypto" (version text
-    only), "exe" (static OpenSSL, Go, stripped-static detection)."""
-    try:
-        with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as e:  # ValueError: empty file
-        return _ElfInfo({}, error=f"cannot read {path}: {e}")
-    try:
-        elf = ELFFile(mm)
-        if mode == "crypto":
-            version, boring = _openssl_text(elf, mm)
-            return _ElfInfo({}, openssl_version=version, boringssl=boring)
-        dynsym = elf.get_section_by_name(".dynsym")
-        symtab = elf.get_section_by_name(".symtab")
-        defined, undefined = _find_symbols(elf, mm, dynsym, names)
-        if not defined and symtab is not None:
-            # Only when .dynsym lacks them: .symtab can be far larger.
-            defined, _ = _find_symbols(elf, mm, symtab, names)
-        if mode == "lib":
-            boring = bool(defined) and bool(
-                _find_symbols(elf, mm, dynsym, BORINGSSL_MARKERS)[0]
-                or _find_symbols(elf, mm, symtab, BORINGSSL_MARKERS)[0]
-            )
-            return _ElfInfo(defined, boringssl=boring)
-        return _analyse_exe(elf, mm, dynsym, symtab, defined, undefined)
-    except (ELFError, OSError, ValueError, struct.error, KeyError) as e:
-        return _ElfInfo({}, error=f"cannot parse ELF {path}: {e}")
-    finally:
-        mm.close()
-
-
-def _analyse_exe(elf, mm, dynsym, symtab, defined, undefined) -> _ElfInfo:
-    if _usable(KIND_OPENSSL, defined):
-        version, boring = _openssl_text(elf, mm)
-        if not boring:
-            boring = bool(
-                _find_symbols(elf, mm, dynsym, BORINGSSL_MARKERS)[0]
-                or _find_symbols(elf, mm, symtab, BORINGSSL_MARKERS)[0]
-            )
-        return _ElfInfo(defined, openssl_version=version, boringssl=boring)
-
-    section_names = {s.name for s in elf.iter_sections()}
-    if section_names & _GO_SECTIONS:
-        pcln = elf.get_section_by_name(".gopclntab")
-        if pcln is not None and pcln["sh_type"] != "SHT_NOBITS":
-            start = pcln["sh_offset"]
-            go_tls = mm.find(_GO_TLS_MARKER, start, start + pcln["sh_size"]) != -1
-        else:
-            go_tls = mm.find(_GO_TLS_MARKER) != -1
-        return _ElfInfo({}, go=True, go_tls=go_tls)
-
-    imports = bool(undefined)
-    dynamic = elf.get_section_by_name(".dynamic")
-    if not imports and dynamic is not None and hasattr(dynamic, "iter_tags"):
-        imports = any(
-            t.entry.d_tag == "DT_NEEDED" and t.needed.startswith("libssl.so")
-            for t in dynamic.iter_tags()
-        )
-    if imports or symtab is not None:
-        # Dynamically linked to libssl (nginx also embeds "built with OpenSSL
-        # x.y.z" text), or unstripped without SSL symbols: no static OpenSSL.
-        return _ElfInfo({})
-    version, boring = _openssl_text(elf, mm)
-    return _ElfInfo({}, openssl_version=version, boringssl=boring, stripped_static=bool(version))
-
-
-# ---------------------------------------------------------------------------
-# The scanner
 
 
 class _ProcMaps(NamedTuple):
@@ -380,7 +169,7 @@ class ProcessScanner:
         self.proc_root = proc_root.rstrip("/") or "/"
         self.probe_all_pid = probe_all_pid
         self.ignore_pids = frozenset(ignore_pids)
-        self._elf_cache: dict[tuple, _ElfInfo] = {}
+        self._elf_cache: dict[tuple, ElfInfo] = {}
         self._reported: set[tuple[int, int, str]] = set()  # (pid, start_time, reason)
 
     # -- public -------------------------------------------------------------
@@ -420,7 +209,7 @@ class ProcessScanner:
     def _scan_pid(self, pid, result: ScanResult, used_keys, alive) -> None:
         base = f"{self.proc_root}/{pid}"
         try:
-            comm, flags, start = _read_stat(self.proc_root, pid)
+            comm, flags, start = read_stat(self.proc_root, pid)
         except FileNotFoundError:
             result.errors.append(ScanError(pid, "vanished"))
             return
@@ -469,13 +258,13 @@ class ProcessScanner:
 
         key = (exe_st.st_dev, exe_st.st_ino, exe_st.st_size, exe_st.st_mtime_ns, "exe")
         used_keys.add(key)
-        info = self._elf(key, f"{base}/exe", OPENSSL_SYMBOLS, "exe")
+        info = self._elf(key, f"{base}/exe", OPENSSL.symbols, "exe")
         if info.error:
             if not java:  # the JVM was already explained
                 unsupported(f"exe: {info.error}")
             return
         if info.symbols:
-            if _usable(KIND_OPENSSL, info.symbols):
+            if usable(OPENSSL, info.symbols):
                 kind = KIND_BORINGSSL_STATIC if info.boringssl else KIND_OPENSSL_STATIC
                 path = self._exe_path(base, exe_link, exe_st)
                 self._add(result, path, kind, info.openssl_version, info, exe_st, pid)
@@ -513,13 +302,13 @@ class ProcessScanner:
         for path, deleted_range in maps.libs.items():
             name = path.rsplit("/", 1)[-1]
             if _LIBSSL_NAME_RE.match(name):
-                kind, names = KIND_OPENSSL, OPENSSL_SYMBOLS
+                kind, names = KIND_OPENSSL, OPENSSL.symbols
             elif name.startswith("libgnutls.so"):
-                kind, names = KIND_GNUTLS, GNUTLS_SYMBOLS
+                kind, names = KIND_GNUTLS, GNUTLS.symbols
             elif name == "libnspr4.so":
                 if not maps.nss_ssl:
                     continue  # NSPR without NSS's SSL layer carries no TLS
-                kind, names = KIND_NSS, NSPR_SYMBOLS
+                kind, names = KIND_NSS, NSS.symbols
             else:
                 continue  # libcrypto: read below for the OpenSSL version
             host_path = _host_path(base, path, deleted_range)
@@ -534,8 +323,9 @@ class ProcessScanner:
             if info.error:
                 unsupported(f"{kind}: {info.error}")
                 continue
-            if not _usable(kind, info.symbols):
-                wanted = "/".join(_REQUIRED[kind][0] + _REQUIRED[kind][1])
+            api = KINDS[kind]
+            if not usable(api, info.symbols):
+                wanted = "/".join(api.reads + api.writes)
                 unsupported(f"{kind}: {path} lacks {wanted}")
                 continue
             version = _SO_VERSION_RE.search(name)
@@ -568,7 +358,7 @@ class ProcessScanner:
                 return info.openssl_version
         return ""
 
-    def _elf(self, key, path: str, names: tuple[str, ...], mode: str) -> _ElfInfo:
+    def _elf(self, key, path: str, names: tuple[str, ...], mode: str) -> ElfInfo:
         info = self._elf_cache.get(key)
         if info is None:
             info = _analyse_elf(path, names, mode)
@@ -599,9 +389,9 @@ class ProcessScanner:
         for path in paths:
             name = os.path.basename(path)
             if _LIBSSL_NAME_RE.match(name):
-                kind, names = KIND_OPENSSL, OPENSSL_SYMBOLS
+                kind, names = KIND_OPENSSL, OPENSSL.symbols
             elif name.startswith("libgnutls.so"):
-                kind, names = KIND_GNUTLS, GNUTLS_SYMBOLS
+                kind, names = KIND_GNUTLS, GNUTLS.symbols
             else:
                 continue
             real = os.path.realpath(path)
@@ -611,7 +401,7 @@ class ProcessScanner:
                 continue
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, "lib")
             info = self._elf(key, real, names, "lib")
-            if info.error or not _usable(kind, info.symbols):
+            if info.error or not usable(KINDS[kind], info.symbols):
                 continue
             if kind == KIND_OPENSSL and info.boringssl:
                 kind = KIND_BORINGSSL
@@ -621,7 +411,7 @@ class ProcessScanner:
         return result
 
     @staticmethod
-    def _add(result: ScanResult, path, kind, version, info: _ElfInfo, st, pid) -> None:
+    def _add(result: ScanResult, path, kind, version, info: ElfInfo, st, pid) -> None:
         key = (st.st_dev, st.st_ino)
         lib = result.libraries.get(key)
         if lib is None:
@@ -629,7 +419,7 @@ class ProcessScanner:
                 path=path,
                 kind=kind,
                 version=version,
-                symbols=tuple(n for n in _symbol_order(kind) if n in info.symbols),
+                symbols=tuple(n for n in KINDS[kind].symbols if n in info.symbols),
                 dev=st.st_dev,
                 ino=st.st_ino,
                 addresses=dict(info.symbols),
@@ -645,14 +435,16 @@ def _host_path(base: str, path: str, deleted_range: str) -> str:
     return f"{base}/map_files/{deleted_range}" if deleted_range else f"{base}/root{path}"
 
 
-def _symbol_order(kind: str) -> tuple[str, ...]:
-    if kind in OPENSSL_API_KINDS:
-        return OPENSSL_SYMBOLS
-    if kind == KIND_GNUTLS:
-        return GNUTLS_SYMBOLS
-    return NSPR_SYMBOLS
-
-
-def _usable(kind: str, symbols: dict[str, int]) -> bool:
-    reads, writes = _REQUIRED[KIND_OPENSSL if kind in OPENSSL_API_KINDS else kind]
-    return any(n in symbols for n in reads) and any(n in symbols for n in writes)
+def system_tls_libraries(dirs: Iterable[str] = SYSTEM_LIB_DIRS) -> list[str]:
+    """The host's own libssl/libgnutls files (one path per file)."""
+    found = {}
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(("libssl.so.", "libgnutls.so.")):
+                path = os.path.join(d, name)
+                found.setdefault(os.path.realpath(path), path)
+    return sorted(found)

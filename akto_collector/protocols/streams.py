@@ -1,42 +1,28 @@
-"""Per-connection reassembly of captured bytes into HTTP exchanges.
+"""Per-connection reassembly of captured bytes, handed to the connection's protocol parser.
 
 Strategy. The kernel numbers the bytes of each direction of a connection
 (``DataEvent.call_pos``); a piece that starts past the expected position
 means bytes were lost, a piece flagged ``FLAG_CUT`` means the rest of its call
-was not copied. Either way the gap's size is exact, so the direction's
-``MessageReader`` is told "n bytes missing here" and decides: skip inside a
-body of known length (the body is marked cut), resync at the next message
-boundary anywhere else. Overlaps and duplicates are trimmed. Pure: no I/O, no
-logging; every drop is a named counter.
+was not copied. Either way the gap's size is exact, so the protocol parser is
+told "n bytes missing here" and decides (HTTP/1: skip inside a body of known
+length, the body marked cut; resync at the next message boundary anywhere
+else). Overlaps and duplicates are trimmed.
+
+The parser is chosen by the protocol the kernel stamped on the connection's
+records (``protocols.PROTO_*``), or from the first bytes when the kernel could
+not tell; a connection may switch protocol once (HTTP/1.1 ``Upgrade: h2c`` to
+HTTP/2; a WebSocket upgrade or a CONNECT tunnel ends the capture). Pure: no
+I/O, no logging; every drop is a named counter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from akto_collector.events import FLAG_CUT, FLAG_TLS, ROLE_UNKNOWN, ConnId, DataEvent, Exchange
+from akto_collector.protocols import H2_PREFACE, PROTO_HTTP1, PROTO_HTTP2, PROTO_OTHER, PROTO_UNKNOWN, CoreLimits
+from akto_collector.protocols.http1 import Http1Parser
+from akto_collector.protocols.http2 import Http2Parser
 
-from akto_collector.events import (
-    FLAG_CUT,
-    FLAG_TLS,
-    RECV,
-    ROLE_CLIENT,
-    ROLE_SERVER,
-    ROLE_UNKNOWN,
-    SEND,
-    ConnId,
-    DataEvent,
-    Exchange,
-)
-from akto_collector.http1 import KIND_REQUEST, KIND_RESPONSE, ExchangePairer, MessageReader
-
-
-@dataclass(frozen=True, slots=True)
-class CoreLimits:
-    """Bounds of the capture core, per connection."""
-
-    max_body_bytes: int = 1 << 20  # body kept (and decompressed output) per message; beyond: cut
-    max_head_bytes: int = 64 << 10  # start line + header fields; beyond: dropped, resync
-    max_line_bytes: int = 16 << 10  # a start line awaited while resyncing
-    max_pending: int = 32  # unanswered requests per connection; beyond: oldest dropped
+__all__ = ["ConnectionStream", "CoreLimits"]
 
 
 class ConnectionStream:
@@ -50,15 +36,15 @@ class ConnectionStream:
     """
 
     __slots__ = (
-        "conn", "limits", "role", "tls", "finished", "last_seen",
-        "_counters", "_role_hint", "_plain_seen", "_pos", "_readers", "_pairer",
+        "conn", "limits", "tls", "finished", "last_seen", "proto",
+        "_counters", "_role_hint", "_plain_seen", "_pos", "_parser",
     )
 
     def __init__(self, conn: ConnId, limits: CoreLimits, counters, role_hint: int = ROLE_UNKNOWN):
         self.conn = conn
         self.limits = limits
         self.tls = False
-        self.finished = False  # HTTP ended here (upgrade, CONNECT, closed): ignore further events
+        self.finished = False  # not HTTP any more (upgrade, CONNECT, closed): further events are ignored
         self.last_seen = 0.0
         self._counters = counters
         self._role_hint = role_hint
@@ -67,39 +53,31 @@ class ConnectionStream:
 
     def _start(self) -> None:
         """Fresh parse state: both directions resync, nothing pending."""
-        self.role = self._role_hint
+        self.proto = PROTO_UNKNOWN
         self._pos = [0, 0]  # next expected stream position per direction (the kernel counts from 0)
-        pairer = ExchangePairer(self.conn, self._counters, self.limits.max_pending, self.role, self.tls)
-        readers = [
-            MessageReader(SEND, self.limits, self._counters, pairer, on_kind=self._on_kind),
-            MessageReader(RECV, self.limits, self._counters, pairer, on_kind=self._on_kind),
-        ]
-        self._pairer = pairer
-        self._readers = readers
-        if self.role != ROLE_UNKNOWN:
-            self._set_role(self.role)
+        self._parser = None  # chosen at the first bytes
 
-    def _on_kind(self, reader: MessageReader, kind: int) -> None:
-        # A request read means the process serves; a request written, it is a client.
-        if (kind == KIND_REQUEST) == (reader.direction == RECV):
-            self._set_role(ROLE_SERVER)
-        else:
-            self._set_role(ROLE_CLIENT)
-
-    def _set_role(self, role: int) -> None:
-        self.role = role
-        self._pairer.role = role
-        requests = self._readers[RECV if role == ROLE_SERVER else SEND]
-        responses = self._readers[SEND if role == ROLE_SERVER else RECV]
-        requests.kind = KIND_REQUEST
-        responses.kind = KIND_RESPONSE
-        self._pairer.requests = requests
+    @property
+    def role(self) -> int:
+        parser = self._parser
+        return parser.role if parser is not None else self._role_hint
 
     @property
     def buffered(self) -> int:
         """Bytes held for this connection now."""
-        r = self._readers
-        return r[0].buffered + r[1].buffered + self._pairer.buffered
+        parser = self._parser
+        return parser.buffered if parser is not None else 0
+
+    def _choose(self, ev: DataEvent):
+        """The parser of the connection's protocol: the kernel's word, else the first bytes'."""
+        proto = ev.proto
+        if proto == PROTO_UNKNOWN:
+            data = ev.data
+            proto = PROTO_HTTP2 if ev.offset == 0 and len(data) >= 3 and H2_PREFACE.startswith(data[:24]) else PROTO_HTTP1
+        self.proto = proto
+        cls = Http2Parser if proto == PROTO_HTTP2 else Http1Parser
+        self._parser = cls(self.conn, self.limits, self._counters, self._role_hint, self.tls)
+        return self._parser
 
     def on_event(self, ev: DataEvent) -> list[Exchange]:
         if self.finished:
@@ -115,15 +93,16 @@ class ConnectionStream:
                     # Ciphertext (the handshake) reached us first: TLS plaintext takes over.
                     counters["http.tls_takeover"] += 1
                     self._start()
-                self._pairer.tls = True
         elif self.tls:
             counters["http.plaintext_after_tls"] += len(data)
             return []
         else:
             self._plain_seen = True
 
+        parser = self._parser
+        if parser is None:
+            parser = self._choose(ev)
         d = ev.direction
-        reader = self._readers[d]
         start = ev.call_pos + ev.offset
         end = start + len(data)
         pos = self._pos[d]
@@ -132,7 +111,7 @@ class ConnectionStream:
             if start > pos:
                 counters["http.gap"] += 1
                 counters["http.lost_bytes"] += start - pos
-                reader.gap(start - pos)
+                parser.gap(d, start - pos)
                 pos = end
             elif end <= pos:
                 counters["http.duplicate_bytes"] += len(data)
@@ -147,46 +126,50 @@ class ConnectionStream:
         self._pos[d] = pos
 
         if data:
-            if not self.tls and 0x14 <= data[0] <= 0x17 and reader.at_boundary and _is_tls_record(data):
+            if not self.tls and 0x14 <= data[0] <= 0x17 and parser.at_boundary(d) and _is_tls_record(data):
                 counters["http.tls_record"] += 1
             else:
-                reader.feed(data, ev.ts, call_start)
+                parser.feed(d, data, ev.ts, call_start)
         if flags & FLAG_CUT:
             call_end = ev.call_pos + ev.total
             if call_end > pos:
                 counters["http.gap"] += 1
                 counters["http.uncopied_bytes"] += call_end - pos
-                reader.gap(call_end - pos)
+                parser.gap(d, call_end - pos)
                 self._pos[d] = call_end
 
-        pairer = self._pairer
-        out = pairer.out
-        if out:
-            pairer.out = []
-        else:
-            out = []  # never hand out the pairer's own list
-        if pairer.upgraded:
-            # Another protocol follows (WebSocket, a tunnel): HTTP parsing ends here.
+        out = parser.take()
+        if parser.switch is not None:
+            out = out + self._switch(parser, ev.ts)
+        return out
+
+    def _switch(self, parser, ts: float) -> list[Exchange]:
+        """The connection left the parser's protocol: continue in the next one, or stop."""
+        proto, rest, request = parser.take_switch()
+        self._counters["stream.protocol_switch"] += 1
+        if proto == PROTO_OTHER:
             self.finished = True
             self._release()
-        return out
+            return []
+        self.proto = proto
+        nxt = Http2Parser(self.conn, self.limits, self._counters, parser.role, self.tls, upgrade_request=request)
+        self._parser = nxt
+        for d, data in rest.items():
+            if data:
+                nxt.feed(d, data, ts, False)
+        return nxt.take()
 
     def on_close(self, ts: float) -> list[Exchange]:
         """The connection closed: close-delimited responses complete; the rest is dropped (counted)."""
         if self.finished:
             return []
         self.last_seen = max(self.last_seen, ts)
-        pairer = self._pairer
-        if pairer.requests is not None:
-            # Responses first, so a close-delimited one still finds its request.
-            responses = self._readers[SEND if self.role == ROLE_SERVER else RECV]
-            responses.close()
-        for reader in self._readers:
-            reader.close()
-        out = pairer.out
         self.finished = True
-        self._release()
-        return out
+        parser = self._parser
+        if parser is None:
+            return []
+        parser.close()
+        return parser.take()
 
     def expire(self) -> None:
         """Idle: drop half messages and unanswered requests (counted), start afresh.
@@ -200,12 +183,9 @@ class ConnectionStream:
             self._start()
 
     def _release(self) -> None:
-        for reader in self._readers:
-            reader.expire()
-        n = self._pairer.forget()
-        if n:
-            self._counters["http.unanswered_request"] += n
-        self._pairer.out = []
+        if self._parser is not None:
+            self._parser.expire()
+            self._parser.take()
 
 
 def _is_tls_record(data: bytes) -> bool:

@@ -1,0 +1,37 @@
+"""The wire format of ring buffer records and the kernel's counter slots.
+
+Mirrors of probes/common.h (``struct ev_hdr``, ``struct addr_info``, the
+``KIND_*`` and ``C_*`` defines); tests/unit/test_kernel_layout.py parses the
+header and fails when the two disagree. The supervisor routes records
+without decoding them; workers decode.
+"""
+
+import struct
+
+# ts, gen, call_pos, tgid, fd, total, offset, len, kind, flags, dir, role, proto, pad
+RECORD = struct.Struct("<QQQIIIIHBBBBBB")
+HDR_SIZE = RECORD.size
+assert HDR_SIZE == 48
+LEN_OFFSET = 40
+KIND_OFFSET = 42
+TGID_FD = slice(24, 32)
+TGID = slice(24, 28)
+
+KIND_DATA, KIND_OPEN, KIND_ADDR, KIND_CLOSE, KIND_EXEC, KIND_EXIT = 1, 2, 3, 4, 5, 6
+
+# Payload of OPEN and ADDR records: struct addr_info, then the task's comm.
+# family, sport (own), dport (peer), pad, saddr (own), daddr (peer), comm
+ADDR = struct.Struct("<HHHH16s16s16s")
+
+# Slots of the `counters` per-CPU array (common.h's C_* defines) and the
+# names they are reported under. Slots without a name are internal.
+KERNEL_COUNTERS = {
+    0: "kernel.dropped.ringbuf_full",
+    1: "kernel.dropped.conn_table_full",
+    2: "kernel.not_http_connections",
+    3: "kernel.cut_bytes",
+    4: "kernel.dropped.tls_no_fd",
+    5: "kernel.skipped.egress",
+    8: "kernel.skipped.plaintext_on_tls",
+    9: "kernel.untraced_socket_bytes",
+}
