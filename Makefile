@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: setup system run test test-deps unit bench clean
+.PHONY: setup system run test test-deps unit bench clean docs
 
 # The per-message modules are compiled with Cython (setup.py); an edit to
 # one of them recompiles just that one (build_ext is incremental).
@@ -48,6 +48,9 @@ unit: setup test-deps
 
 bench: setup test-deps
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+docs: setup
+	$(PY) -m akto_collector.config --update docs/configuration.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

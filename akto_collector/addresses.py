@@ -49,11 +49,11 @@ def is_ipv6(text: str) -> bool:
     return True
 
 
-def parse_host_port(item: str, default_port: int | None) -> str:
+def parse_host_port(item: str, default_port: int | None, form: str = "") -> str:
     """Validate an operator's ``host[:port]`` and return it as ``host:port``
     (IPv6 bracketed). ``default_port`` None means the port is required.
-    Raises ValueError whose text says what is expected and why."""
-    form = "host:port[,host:port...]" if default_port is None else "host or host:port"
+    Raises ValueError whose text says what is expected (``form``) and why."""
+    form = form or ("host:port" if default_port is None else "host or host:port")
 
     def bad(why: str) -> ValueError:
         return ValueError(f"expected {form} ({why})")
@@ -97,4 +97,4 @@ def parse_host_port_list(raw: str | tuple[str, ...] | list[str]) -> tuple[str, .
     """A comma-separated list (or a sequence) of ``host:port``, each validated;
     empty entries are skipped. Raises ValueError as ``parse_host_port``."""
     items = raw.split(",") if isinstance(raw, str) else list(raw)
-    return tuple(parse_host_port(item.strip(), None) for item in items if item.strip())
+    return tuple(parse_host_port(item.strip(), None, "host:port[,host:port...]") for item in items if item.strip())

@@ -33,10 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return exits.OK
 
-    from akto_collector.config import ConfigError, Settings, unknown_variables
+    from akto_collector.config import ConfigError, Settings, unknown_variables, with_env_file
+    from akto_collector.supervisor.reexec import STATE_VAR, ExecState, file_overrides
 
     try:
-        settings = Settings.from_env(os.environ)
+        # A fresh image after a restart already has the file's variables (and
+        # keeps them: a reload is what reads the file again, validated first).
+        env = dict(os.environ) if STATE_VAR in os.environ else with_env_file(os.environ)
+        settings = Settings.from_env(env)
+        if args.command == "run" and not settings.kafka_brokers:
+            check_output(args.output)
     except ConfigError as exc:
         print(f"akto-collector: configuration error: {exc}", file=sys.stderr)
         return exits.CONFIG
@@ -56,11 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     from akto_collector.supervisor.arbiter import Arbiter
 
     log = logs.configure(settings.log_level, role="supervisor")
-    for name in unknown_variables(os.environ):
+    for name in unknown_variables(env):
         log.warning("unknown_variable", variable=name)
     for text in settings.warnings():
         log.warning("config_warning", detail=text)
-    return Arbiter(settings, args.output, log).run()
+    if STATE_VAR not in env:
+        state = ExecState(file_vars=file_overrides(os.environ, env))
+        env[STATE_VAR] = state.encode()
+    return Arbiter(settings, args.output, log, env=env).run()
+
+
+def check_output(path: str) -> None:
+    """``--output`` must be writable before anything starts (a worker could not boot otherwise)."""
+    if path == "-":
+        return
+    from akto_collector.config import ConfigError  # noqa: PLC0415
+
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as exc:
+        raise ConfigError(f"--output={path!r}: cannot open it for writing: {exc.strerror or exc}; "
+                          "expected a writable file, or - for stdout") from None
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from akto_collector import __version__
 from akto_collector.addresses import parse_host_port, parse_host_port_list
 from akto_collector.filters import parse_discovery_config
 
@@ -51,6 +52,9 @@ HOST_MACHINE_ID_PATH = "/host/etc/machine-id"
 DEFAULT_MACHINE_ID_PATHS = (HOST_MACHINE_ID_PATH, "/etc/machine-id")
 
 _CHECKED_PREFIXES = ("AKTO_", "TRAFFIC_")
+# Set by the collector itself for the image it execs into (supervisor/reexec.py).
+STATE_VARIABLE = "AKTO_COLLECTOR_STATE"
+INTERNAL_VARIABLES = frozenset({STATE_VARIABLE})
 # Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_9092_TCP, ... for
 # every Service in the namespace; a Service named "akto-..." is no typo of ours.
 _SERVICE_LINK = re.compile(
@@ -257,6 +261,39 @@ def _nlb(raw: str) -> tuple[str, ...]:
     return (parse_host_port(raw, KAFKA_DEFAULT_PORT),)
 
 
+def _listen_address(raw: str) -> str:
+    return parse_host_port(raw, None)
+
+
+def _env_file(raw: str) -> str:
+    if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
+        raise ValueError("expected the path of a readable file of VARIABLE=value lines")
+    read_env_file(raw)  # its lines must be readable too
+    return raw
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Variables of an environment file, as systemd's EnvironmentFile= and a
+    ConfigMap mounted as a file write them: ``NAME=value`` lines, ``#`` or ``;``
+    comments, blank lines, a value optionally in single or double quotes.
+    Raises ValueError naming the line that is none of these."""
+    out = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            text = line.strip()
+            if not text or text[0] in "#;":
+                continue
+            name, sep, value = text.partition("=")
+            name = name.strip()
+            if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{path}:{number}: expected NAME=value")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            out[name] = value
+    return out
+
+
 def _compression(raw: str) -> str:
     name = Choice(KAFKA_COMPRESSIONS).read(raw)
     module = KAFKA_COMPRESSION_MODULES[name]
@@ -284,6 +321,7 @@ class Variable:
     enforced: str  # which stage acts on it
     default_doc: str = ""  # the default as the docs show it, when not simply the value
     secret: bool = False
+    empty: Any = None  # the value of an empty setting when it is not the default (None: the default)
 
 
 CAPTURE, LIMITS, OUTPUT, IDENTITY, OPERATION = (
@@ -392,12 +430,24 @@ VARIABLES: tuple[Variable, ...] = (
              IDENTITY, "heartbeats, logs"),
     Variable("POD_NAME", "pod_name", Text(), "", "The collector's own pod, for heartbeats and logs. The "
              "DaemonSet sets it from the downward API.", IDENTITY, "heartbeats, logs", default_doc="empty"),
+    Variable("AKTO_IMAGE_VERSION", "image_version", Text(), f"akto-collector:{__version__}",
+             "`imageVersion` of every heartbeat (the DaemonSet sets the image it runs).", IDENTITY, "heartbeats"),
     # Operation
     Variable("AKTO_LOG_LEVEL", "log_level", Choice(LOG_LEVELS, {"warn": "warning"}), "info",
              "Least severe log level written (`warn` means `warning`).", OPERATION, "`logs`"),
     Variable("AKTO_STATS_INTERVAL", "stats_interval", Positive("seconds"), 10.0,
              "Seconds between the summary log lines of counters (events, pairs, bytes, drops by reason).",
              OPERATION, "supervisor"),
+    Variable("AKTO_METRICS_ADDR", "metrics_addr", Parsed(_listen_address, "`host:port`; empty: no endpoint"),
+             "127.0.0.1:9464",
+             "Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served. Empty disables them. It is "
+             "never on a public address unless set so (in a DaemonSet with hostNetwork, the node's IP from the "
+             "downward API).", OPERATION, "supervisor (health)", empty=""),
+    Variable("AKTO_ENV_FILE", "env_file", Parsed(_env_file, "path of a readable file of `NAME=value` lines"), "",
+             "A file of `NAME=value` lines read over the starting environment, at start and at every SIGHUP "
+             "(the systemd unit's EnvironmentFile, or a ConfigMap mounted as a file). On SIGHUP the new "
+             "configuration is validated first: bad, the old one keeps running; good, the collector re-execs "
+             "with it.", OPERATION, "supervisor (reload)", default_doc="unset"),
 )
 
 KNOWN_VARIABLES = frozenset(v.name for v in VARIABLES)
@@ -532,7 +582,7 @@ def read_variable(var: Variable, env: Mapping[str, str], machine: Machine) -> An
     raw = str(raw)
     text = raw.strip() if var.reader.strip else raw
     if not text:
-        return _default_of(var, machine)
+        return _default_of(var, machine) if var.empty is None else var.empty
     try:
         return var.reader.read(text)
     except ValueError as exc:
@@ -541,13 +591,28 @@ def read_variable(var: Variable, env: Mapping[str, str], machine: Machine) -> An
         raise ConfigError(f"{var.name}={_show(raw)}: nested too deeply") from None
 
 
+def with_env_file(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment the settings are read from: ``env`` with the variables
+    of ``AKTO_ENV_FILE`` (when set) over it. ConfigError when the file cannot be read."""
+    out = dict(env)
+    raw = str(env.get("AKTO_ENV_FILE", "")).strip()
+    if raw:
+        try:
+            _env_file(raw)
+            out.update(read_env_file(raw))
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"AKTO_ENV_FILE={_show(raw)}: {exc}") from None
+    return out
+
+
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """Names in ``env`` that look like ours (AKTO_*, TRAFFIC_*) but are not read:
     probably typos, worth a warning. Kubernetes service links are left out."""
     return sorted(
         name
         for name in env
-        if name.startswith(_CHECKED_PREFIXES) and name not in KNOWN_VARIABLES and not _SERVICE_LINK.fullmatch(name)
+        if name.startswith(_CHECKED_PREFIXES) and name not in KNOWN_VARIABLES and name not in INTERNAL_VARIABLES
+        and not _SERVICE_LINK.fullmatch(name)
     )
 
 
@@ -568,7 +633,7 @@ def _check_combinations(s: Settings, env: Mapping[str, str]) -> None:
 
 # --- docs ----------------------------------------------------------------------
 
-DOCS_BEGIN = "<!-- variables: made by `python -m akto_collector.config --markdown`; do not edit -->"
+DOCS_BEGIN = "<!-- variables: made by `make docs` (python -m akto_collector.config --update); do not edit -->"
 DOCS_END = "<!-- end of variables -->"
 
 
@@ -599,8 +664,19 @@ def markdown_tables() -> str:
     return "\n".join(out) + "\n"
 
 
+def update_docs(path: str) -> None:
+    """Replace the variable tables of a markdown file (between DOCS_BEGIN and DOCS_END)."""
+    with open(path, encoding="utf-8") as fh:
+        doc = fh.read()
+    start, end = doc.index(DOCS_BEGIN), doc.index(DOCS_END) + len(DOCS_END) + 1
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(doc[:start] + markdown_tables() + doc[end:])
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--markdown"]:
         sys.stdout.write(markdown_tables())
+    elif len(sys.argv) == 3 and sys.argv[1] == "--update":
+        update_docs(sys.argv[2])
     else:
-        sys.exit("usage: python -m akto_collector.config --markdown")
+        sys.exit("usage: python -m akto_collector.config --markdown | --update docs/configuration.md")

@@ -35,6 +35,11 @@ from akto_collector.sinks import make_sink
 from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 
 REPORT_EVERY = 1.0
+# A test hook: worker 0 stops reporting this many seconds after it started
+# (as a stuck worker would). Not a setting: no AKTO_ prefix, never documented.
+STALL_HOOK = "_AKTO_TEST_WORKER_STALL"
+_PROTOCOL_OF = {"HTTP/2.0": "http2", "gRPC": "grpc"}  # any other version is HTTP/1
+PAIR_PROTOCOLS = ("http1", "http2", "grpc")
 AF_INET = 2
 
 
@@ -47,10 +52,27 @@ def _address(family: int, raw: bytes, port: int) -> str:
     return join_host_port(ip, port)
 
 
-def budget_shares(settings) -> tuple[int, int, int]:
-    """One worker's share of TRAFFIC_BUFFER_THRESHOLD, in bytes: (records
-    queued for it in the supervisor, its stream buffers, its sink's queue)."""
-    budget = settings.buffer_threshold_bytes // max(1, settings.workers)
+def pairs_key(protocol: str, direction: str) -> str:
+    """The counter a pair is counted under, besides "pairs": pairs.<protocol>.<direction>
+    (protocol one of PAIR_PROTOCOLS, direction "1" served or "2" made)."""
+    return f"pairs.{protocol}.{direction}"
+
+
+def _pair_key(ex) -> str:
+    return pairs_key(_PROTOCOL_OF.get(ex.request.version, "http1"), "2" if ex.role == ROLE_CLIENT else "1")
+
+
+_PAIR_KEYS = {(version, role): pairs_key(_PROTOCOL_OF.get(version, "http1"), "2" if role == ROLE_CLIENT else "1")
+              for version in ("HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "gRPC") for role in (ROLE_SERVER, ROLE_CLIENT)}
+
+
+def budget_shares(settings, total: int | None = None) -> tuple[int, int, int]:
+    """One worker's share of the buffer budget (TRAFFIC_BUFFER_THRESHOLD, or
+    ``total`` when the supervisor found less room under the memory threshold),
+    in bytes: (records queued for it in the supervisor, its stream buffers,
+    its sink's queue)."""
+    total = settings.buffer_threshold_bytes if total is None else total
+    budget = total // max(1, settings.workers)
     queued = budget // 4
     streams = (budget - queued) // 2
     return queued, streams, budget - queued - streams
@@ -59,11 +81,12 @@ def budget_shares(settings) -> tuple[int, int, int]:
 class Worker:
     """The per-shard pipeline; `handle_batch` is the hot path."""
 
-    def __init__(self, index: int, settings, output: str, counters: Counter | None = None) -> None:
+    def __init__(self, index: int, settings, output: str, counters: Counter | None = None,
+                 budget: int | None = None) -> None:
         self.index = index
         self.settings = settings
         self.counters = counters if counters is not None else Counter()
-        _queue, self.stream_budget, sink_budget = budget_shares(settings)
+        _queue, self.stream_budget, sink_budget = budget_shares(settings, budget)
         self.sink = make_sink(settings, output=output, counters=self.counters, max_buffer_bytes=sink_budget)
         self.encoder = MessageEncoder(settings.account_id, settings.vxlan_id, settings.daemonset_id)
         self.filter = PairFilter.from_settings(settings)
@@ -171,6 +194,7 @@ class Worker:
         key, value = self.encoder.encode(ex, meta)
         self.sink.send(key, value)
         counters["pairs"] += 1
+        counters[_PAIR_KEYS.get((ex.request.version, ex.role)) or _pair_key(ex)] += 1
 
     def _resolve(self, conn: ConnId, meta: ConnMeta | None) -> ConnMeta:
         """Addresses of a connection that predates the collector, from /proc."""
@@ -225,26 +249,33 @@ class Worker:
             "metas": len(self.metas),
             "buffered": sum(cs.buffered for cs in self.streams.values()) + self.sink.buffered_bytes,
             "sink": self.sink.state,
+            "sink_messages": self.sink.buffered_messages,
             "counters": dict(self.counters),
         }
 
 
-def run(index: int, settings, output: str, data_rx, report_tx) -> None:
+def run(index: int, settings, output: str, data_rx, report_tx, budget: int | None = None) -> None:
     """Entry point of a worker process."""
     # The supervisor decides when we stop (an empty batch); a Ctrl-C on the
     # terminal reaches the whole process group and must not kill us first.
+    # SIGTERM keeps its default: the supervisor sends it to a stuck worker
+    # (systemd's KillMode=mixed and Kubernetes signal only the supervisor).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log = logs.configure(settings.log_level, role="worker", worker=index, pid=os.getpid())
     try:
-        worker = Worker(index, settings, output)
+        worker = Worker(index, settings, output, budget=budget)
     except Exception as exc:  # noqa: BLE001 (any boot failure ends the same way)
         log.error("worker_boot_failed", error=str(exc))
         os._exit(exits.WORKER_BOOT)  # the supervisor must not respawn a worker that cannot boot
     log.info("worker_started")
     next_report = time.monotonic() + REPORT_EVERY
     poll = settings.kafka_poll_interval
+    stall = os.environ.get(STALL_HOOK, "")
+    stall_at = time.monotonic() + float(stall) if stall and index == 0 else None
     while True:
+        if stall_at is not None and time.monotonic() >= stall_at:
+            while True:  # the test hook: stuck, reporting nothing
+                time.sleep(1.0)
         if data_rx.poll(min(poll, 0.1)):
             try:
                 blob = data_rx.recv_bytes()

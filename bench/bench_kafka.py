@@ -20,7 +20,6 @@ import random
 import resource
 import sys
 import time
-import types
 from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 import orjson  # noqa: E402
 
+from akto_collector.config import Settings  # noqa: E402
 from akto_collector.sinks import KafkaSink  # noqa: E402
 from tests.integration.broker import TansuBroker, tansu_binary  # noqa: E402
 
@@ -88,10 +88,8 @@ def main() -> int:
     print(f"kafka-python crc32c: {crc}; message size {len(pool[0])} bytes; compression {args.compression}")
 
     with TansuBroker(proxy=False) as broker:  # the restart proxy would cost CPU here
-        settings = types.SimpleNamespace(
-            kafka_brokers=(broker.bootstrap,), kafka_topic="bench", kafka_compression=args.compression,
-            kafka_poll_interval=0.5,
-        )
+        settings = Settings(kafka_brokers=(broker.bootstrap,), kafka_topic="bench",
+                            kafka_compression=args.compression, kafka_poll_interval=0.5, node_name="bench", workers=1)
         counters = Counter()
         sink = KafkaSink(settings, counters=counters, max_buffer_bytes=1 << 30,
                          inflight_bytes=int(args.inflight_mb * (1 << 20)))

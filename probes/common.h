@@ -6,7 +6,7 @@
  * task's saved user registers.
  *
  * Defines set by akto_collector/kernel/loader.py: MAX_CONN, CAPTURE_PLAIN,
- * CAPTURE_TLS, DISABLE_EGRESS, FILTER_TLS_PIDS, RINGBUF_PAGES.
+ * CAPTURE_TLS, DISABLE_EGRESS, FILTER_TLS_PIDS, RINGBUF_PAGES, COLLECTOR_TGID.
  */
 #include <uapi/linux/ptrace.h>
 #include <asm/ptrace.h>
@@ -172,7 +172,13 @@ static __always_inline u64 conn_key(u32 tgid, u32 fd) {
     return ((u64)tgid << 32) | fd;
 }
 
+/* The collector's own processes are never traced. The supervisor is known
+ * at compile time: bcc attaches each program as soon as it is verified, so a
+ * map filled after loading would leave the supervisor traced for the time the
+ * other programs take to verify (its /readyz was captured then). */
 static __always_inline int ignored(u32 tgid) {
+    if (tgid == COLLECTOR_TGID)
+        return 1;
     return ignore_tgid.lookup(&tgid) != 0;
 }
 

@@ -420,16 +420,27 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
-    u32 tid = id;
+    u32 tid = id, tgid = id >> 32;
     /* A thread that dies inside a call leaves its stash: forget it. */
     sc_args.delete(&tid);
     open_args.delete(&tid);
     tls_calls.delete(&tid);
     last_read_fd.delete(&tid);
+    if (tid != tgid) {
+        /* sched_process_fork cannot tell a thread from a process: what it
+         * copied for a thread goes with the thread. */
+        tls_pids.delete(&tid);
+        ignore_tgid.delete(&tid);
+    }
     if (!args->group_dead)
         return 0; /* the process lives on */
-    if (ignored(id >> 32))
+    /* Its entries go with it (its connections: user space, which knows
+     * them, at the next clean-up of the table). */
+    tls_pids.delete(&tgid);
+    if (ignored(tgid)) {
+        ignore_tgid.delete(&tgid);
         return 0;
+    }
     struct ev_hdr *e = events.ringbuf_reserve(sizeof(struct ev_hdr));
     if (!e) {
         count(C_RB_FULL, 1);
@@ -440,5 +451,21 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     e->tgid = id >> 32;
     e->kind = KIND_EXIT;
     events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
+/* A fork of an allowed (FILTER_TLS_PIDS) or ignored process is allowed or
+ * ignored from its first instruction, not at the next scan: nginx's workers,
+ * the collector's own. */
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    u32 child = args->child_pid;
+    u8 one = 1;
+    if (ignored(parent))
+        ignore_tgid.update(&child, &one);
+#if FILTER_TLS_PIDS
+    if (tls_pids.lookup(&parent))
+        tls_pids.update(&child, &one);
+#endif
     return 0;
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class ProbeOptions:
     disable_egress: bool = False
     filter_tls_pids: bool = False
     ringbuf_pages: int = 16384  # 64 MiB: ~15k typical pairs of slack while the drain is late
+    collector_tgid: int = 0  # the supervisor: never traced, from the first program attached
 
     @classmethod
     def from_settings(cls, settings) -> ProbeOptions:
@@ -50,6 +52,7 @@ class ProbeOptions:
             capture_tls=settings.capture_ssl,
             disable_egress=settings.disable_egress,
             filter_tls_pids=not settings.probe_all_pid,
+            collector_tgid=os.getpid(),
         )
 
 
@@ -69,6 +72,7 @@ def cflags(opts: ProbeOptions) -> list[str]:
         f"-DDISABLE_EGRESS={int(opts.disable_egress)}",
         f"-DFILTER_TLS_PIDS={int(opts.filter_tls_pids)}",
         f"-DRINGBUF_PAGES={opts.ringbuf_pages}",
+        f"-DCOLLECTOR_TGID={opts.collector_tgid}",
         "-Wno-unused-function",
     ]
 
@@ -120,22 +124,36 @@ class Probes:
         if self._tls_pids is not None:
             self._tls_pids[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
-    def expire_connections(self, idle_ns: int) -> int:
-        """Forget kernel connection entries idle for longer than idle_ns, so
-        the table (sized TRAFFIC_MAX_ACTIVE_CONN) keeps room for new ones."""
+    def unignore_pid(self, pid: int) -> None:
+        try:
+            del self._ignore[ctypes.c_uint32(pid)]
+        except KeyError:
+            pass
+
+    def expire_connections(self, idle_ns: int, exited=frozenset()) -> tuple[int, int]:
+        """Forget kernel connection entries idle for longer than idle_ns, and
+        those of processes in ``exited``, so the table (sized
+        TRAFFIC_MAX_ACTIVE_CONN) keeps room for new ones. Returns (idle, exited) counts."""
         conns = self.bpf["conns"]
         now = _ktime_ns()
         try:  # one snapshot in a few syscalls; a key-by-key walk restarts when the kernel deletes
             entries = list(conns.items_lookup_batch())
         except Exception:  # noqa: BLE001 (older kernels/bcc: walk key by key)
             entries = list(conns.items())
-        stale = [k for k, v in entries if now - v.last_ts > idle_ns]
-        for k in stale:
+        idle = dead = 0
+        for k, v in entries:
+            key = k if isinstance(k, int) else k.value
+            if (key >> 32) in exited:
+                dead += 1
+            elif now - v.last_ts > idle_ns:
+                idle += 1
+            else:
+                continue
             try:  # the batch API hands back plain ints for integer keys
-                del conns[k if isinstance(k, ctypes._SimpleCData) else conns.Key(k)]
+                del conns[conns.Key(key)]
             except KeyError:
                 pass
-        return len(stale)
+        return idle, dead
 
     def attach_tls(self, key: tuple[int, int], path: str, kind: str, symbols) -> list[str]:
         """Attach the uprobes for one library file (a uprobe on a file covers

@@ -58,6 +58,10 @@ class JsonLinesSink:
     def buffered_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def buffered_messages(self) -> int:
+        return len(self._lines)
+
     def send(self, key: bytes, value: bytes) -> None:
         self._lines.append(value)
         self._bytes += len(value) + 1

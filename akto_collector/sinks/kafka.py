@@ -294,6 +294,10 @@ class KafkaSink:
     def buffered_bytes(self) -> int:
         return self._pending_bytes + self._inflight_bytes
 
+    @property
+    def buffered_messages(self) -> int:
+        return len(self._pending) + len(self._inflight)
+
     def send(self, key: bytes, value: bytes) -> None:
         """Queue one message; never blocks, never raises on broker trouble."""
         self._pending.append((key, value))

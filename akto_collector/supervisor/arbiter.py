@@ -2,15 +2,18 @@
 
 Like gunicorn's arbiter it never parses traffic. Its loop waits up to 10 ms
 for the ring buffer, lets the router drain it and hand the batches to the
-workers, then does the periodic work: reap and replace workers, stats,
-kernel table expiry, the memory guard, heartbeats. Signal handlers only
-enqueue; the loop dispatches. Exit codes are ``exits``'s.
+workers, then does the periodic work: reap, stop and replace workers, the
+memory guard, kernel table clean-up, stats, heartbeats, the health snapshot
+and systemd's watchdog. Signal handlers only enqueue; the loop dispatches.
+Exit codes are ``exits``'s. A memory restart or a reload ends the loop, shuts
+down cleanly, then execs a fresh image (``reexec``).
 
 Collaborators, each in its own module: ``router`` (the data plane),
 ``workers`` (one worker process, its pipe and queue), ``uprobes`` (the scan
-thread and attaching), ``memory``, ``stats``. The kernel side comes from
-``probes_factory`` and worker processes from ``ctx``, so the supervision
-decisions can be tested without either.
+thread and attaching), ``memory`` (the guard and its back-off), ``health``
+and ``metrics`` (the endpoints), ``notify`` (sd_notify), ``stats``. The
+kernel side comes from ``probes_factory`` and worker processes from ``ctx``,
+so supervision decisions are tested with stand-ins for both.
 """
 
 from __future__ import annotations
@@ -18,22 +21,38 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections import Counter, deque
 
 from akto_collector import __version__, compiled, exits
+from akto_collector.config import ConfigError, Settings, with_env_file
 from akto_collector.kernel import headers
 from akto_collector.kernel.errors import ProbeError
 from akto_collector.supervisor import stats
-from akto_collector.supervisor.memory import private_memory
+from akto_collector.supervisor.health import Health, HealthServer
+from akto_collector.supervisor.memory import (
+    OK,
+    RESTART,
+    SHED,
+    MemoryGuard,
+    buffer_budget,
+    private_memory,
+    release_freed_memory,
+)
+from akto_collector.supervisor.metrics import Snapshot
+from akto_collector.supervisor.notify import Notifier
+from akto_collector.supervisor.reexec import STATE_VAR, ExecState, exec_afresh, file_overrides, starting_environment
 from akto_collector.supervisor.router import Router
 from akto_collector.supervisor.uprobes import UprobeManager
 from akto_collector.supervisor.workers import WorkerHandle
 
 DRAIN_INTERVAL_MS = 10
-WORKER_STALL_SECONDS = 30.0
 HOUSEKEEPING_SECONDS = 1.0
+WORKER_STALL_SECONDS = 10.0  # ten missed reports: the worker is stuck
+WORKER_KILL_GRACE = 2.0  # after SIGTERM, before SIGKILL
+CRASH_BACKOFF_MAX = 60.0  # a worker that keeps crashing is respawned at most this rarely
+CRASH_QUIET = 60.0  # a worker that lived this long resets its slot's crash count
+FIRST_HEARTBEAT = 2.0  # seconds after ready
 
 
 def _load_probes(settings):
@@ -45,10 +64,13 @@ def _load_probes(settings):
 class Arbiter:
     """The supervisor process."""
 
-    def __init__(self, settings, output: str, log, ctx=None, probes_factory=_load_probes) -> None:
+    def __init__(self, settings, output: str, log, ctx=None, probes_factory=_load_probes, env=None,
+                 notifier: Notifier | None = None) -> None:
+        env = os.environ if env is None else env
         self.settings = settings
         self.output = output
         self.log = log
+        self.env = env
         self.ctx = ctx if ctx is not None else multiprocessing.get_context("spawn")
         self.probes_factory = probes_factory
         self.signals: deque[int] = deque()
@@ -57,13 +79,23 @@ class Arbiter:
         self.router = Router(settings.workers)
         self.uprobes: UprobeManager | None = None
         self.counters: Counter = Counter()  # the supervisor's own
-        self.retired: Counter = Counter()  # last counters of workers that were replaced
-        self.started = time.time()
-        self.restarts = int(os.environ.get("AKTO_COLLECTOR_RESTARTS", "0"))
+        self.state = ExecState.from_env(env)
+        self.retired: Counter = Counter(self.state.counters)  # totals before this image, and of replaced workers
+        self.restarts: Counter = Counter(self.state.restarts)
+        self.guard = MemoryGuard.from_state(settings.mem_thresh_restart_bytes, self.state.memory)
+        self.health = Health()
+        self.notifier = notifier if notifier is not None else Notifier(env, self.counters)
+        self.server: HealthServer | None = None
+        self.budget: int | None = None  # bytes the workers may buffer (None: TRAFFIC_BUFFER_THRESHOLD)
+        self.crashes: Counter = Counter()  # consecutive crashes per worker slot
+        self.respawn_at: dict[int, float] = {}  # slot -> when a crashed worker may be respawned
+        self.exited: set[int] = set()  # tgids that exited since the last kernel clean-up
         self.stopping = False
         self.exit_code = exits.OK
+        self.restart: tuple[str, dict] | None = None  # (cause, environment) to exec once shut down
         self.shut_down = False
         self.heartbeat = None
+        self.next_heartbeat = 0.0
 
     # -- signals: handlers only enqueue -------------------------------------------------
 
@@ -76,10 +108,11 @@ class Arbiter:
 
     def dispatch_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            self.log_stats()
+            self.reload()
             return
         self.log.info("stopping", signal=signal.Signals(signum).name)
         self.stopping = True
+        self.restart = None  # a stop order wins over a pending restart
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -91,42 +124,69 @@ class Arbiter:
             if "stale" in status.values():
                 self.log.warning("compiled_core_stale", detail="compiled modules built from other source than theirs "
                                  "run old code; rebuild with make setup or pip install .", modules=status)
+            self.health.started = True
             self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid(),
-                          core=compiled.summary(status))
+                          core=compiled.summary(status), metrics=self.server.address if self.server else "")
+            self.notifier.ready(self.status_line())
+            self.next_heartbeat = time.monotonic() + FIRST_HEARTBEAT
             self.loop()
         except ProbeError as exc:
             self.log.error("probes_failed", error=str(exc))
             self.exit_code = exits.KERNEL
+        except ConfigError as exc:
+            self.log.error("config_error", error=str(exc))
+            self.exit_code = exits.CONFIG
         finally:
             self.shutdown()
+        if self.restart is not None and self.exit_code == exits.OK:
+            self.log.info("restarting", cause=self.restart[0], restarts=dict(self.restarts))
+            exec_afresh(self.restart_env())
         return self.exit_code
 
     def start(self) -> None:
-        """Workers, probes, the first scan. Raises ProbeError when the kernel side cannot be set up."""
+        """Endpoints, workers, probes, the first scan. Raises ProbeError when
+        the kernel side cannot be set up, ConfigError when the endpoints cannot."""
         s = self.settings
+        if s.metrics_addr:
+            try:
+                self.server = HealthServer(s.metrics_addr, self.health)
+            except OSError as exc:
+                raise ConfigError(f"AKTO_METRICS_ADDR={s.metrics_addr!r}: cannot listen there: {exc.strerror or exc}; "
+                                  "expected a free local address, or empty to serve no endpoint") from None
         note = headers.ensure_kernel_headers()
         if note:
             self.log.warning("kernel_headers_fallback", detail=note)
         headers.ensure_tracefs()
-        self.log.info("starting", version=__version__, restarts=self.restarts, settings=s.describe())
+        self.log.info("starting", version=__version__, restarts=dict(self.restarts), settings=s.describe())
         if s.mongo_conn:
             self.log.info("mongo_ignored", detail="AKTO_MONGO_CONN is accepted for manifest compatibility; "
                           "this collector keeps nothing in a database")
+        t0 = time.monotonic()
+        self.probes = self.probes_factory(s)
+        self.probes.ignore_pid(os.getpid())
+        release_freed_memory()
+        self.log.info("probes_loaded", seconds=round(time.monotonic() - t0, 2), capture_plain=s.capture_all,
+                      capture_tls=s.capture_ssl)
+        # Workers start once the programs are loaded: the collector's own size
+        # is known then (the buffers must fit next to it under the memory
+        # threshold), and a fork of the supervisor is ignored by the kernel from birth.
+        own = sum(private_memory([os.getpid()]).values())
+        self.budget = buffer_budget(s.buffer_threshold_bytes, s.mem_thresh_restart_bytes, own, s.workers)
+        if self.budget < s.buffer_threshold_bytes:
+            self.log.warning("buffer_budget_reduced", budget_mb=round(self.budget / 2**20, 1),
+                             buffer_threshold_mb=s.buffer_threshold_mb, mem_thresh_restart_mb=s.mem_thresh_restart_mb,
+                             supervisor_mb=round(own / 2**20, 1), workers=s.workers,
+                             detail="TRAFFIC_BUFFER_THRESHOLD does not fit under AKTO_MEM_THRESH_RESTART next to the "
+                                    "collector itself: buffering less, so that an outage does not end in a restart")
         for i in range(s.workers):
             self.workers.append(self.spawn_worker(i))
+            self.probes.ignore_pid(self.workers[-1].pid)
         # The drain costs ~0.5 us a record but must run on time or the ring
         # buffer overflows; raise only the supervisor above the workers.
         try:
             os.setpriority(os.PRIO_PROCESS, 0, -10)
         except OSError:
             pass
-        t0 = time.monotonic()
-        self.probes = self.probes_factory(s)
-        self.probes.ignore_pid(os.getpid())
-        for w in self.workers:
-            self.probes.ignore_pid(w.pid)
-        self.log.info("probes_loaded", seconds=round(time.monotonic() - t0, 2), capture_plain=s.capture_all,
-                      capture_tls=s.capture_ssl)
         if s.capture_ssl:
             self.uprobes = UprobeManager(s, self.probes, self.log, self.counters,
                                          ignore_pids=[os.getpid()] + [w.pid for w in self.workers])
@@ -142,12 +202,12 @@ class Arbiter:
         next_stats = now + s.stats_interval
         next_housekeeping = now + HOUSEKEEPING_SECONDS
         next_uprobe_poll = now + s.uprobe_poll_interval
-        next_heartbeat = now + min(5.0, s.heartbeat_interval)
-        probes, router = self.probes, self.router
+        probes, router, health = self.probes, self.router, self.health
         while not self.stopping:
             probes.wait(DRAIN_INTERVAL_MS)
             router.drain(probes)
             router.flush(self.workers)
+            health.last_loop = now = time.monotonic()
             if self.signals:
                 self.dispatch_signal(self.signals.popleft())
             execs = router.execs
@@ -155,20 +215,25 @@ class Arbiter:
                 pid = execs.popleft()
                 if self.uprobes is not None:  # without TLS capture nothing needs the exec
                     self.uprobes.on_exec(pid)
-            now = time.monotonic()
+            if router.exits:
+                self.exited.update(router.exits)
+                router.exits.clear()
             if now >= next_housekeeping:
                 next_housekeeping = now + HOUSEKEEPING_SECONDS
                 self.housekeep(self.manage_workers)
+                self.housekeep(self.guard_memory)
+                self.housekeep(self.publish)
+                if self.heartbeat is not None:
+                    self.housekeep(self.heartbeat.poll)
             if now >= next_stats:
                 next_stats = now + s.stats_interval
                 self.housekeep(self.log_stats)
-                self.housekeep(self.expire_kernel_connections)
-                self.housekeep(self.guard_memory)
+                self.housekeep(self.clean_kernel_tables)
             if now >= next_uprobe_poll and self.uprobes is not None:
                 next_uprobe_poll = now + s.uprobe_poll_interval
                 self.uprobes.rescan_all()
-            if now >= next_heartbeat and self.heartbeat is not None:
-                next_heartbeat = now + s.heartbeat_interval
+            if self.heartbeat is not None and now >= self.next_heartbeat:
+                self.next_heartbeat = now + s.heartbeat_interval
                 self.send_heartbeat()
 
     def housekeep(self, task) -> None:
@@ -185,6 +250,9 @@ class Arbiter:
         if self.shut_down:
             return
         self.shut_down = True
+        self.health.stopping = True
+        if self.restart is None:
+            self.notifier.stopping()
         if self.uprobes is not None:
             self.uprobes.stop()
         if self.probes is not None:
@@ -199,84 +267,228 @@ class Arbiter:
         if self.heartbeat is not None:
             self.send_heartbeat()
             self.heartbeat.close(timeout=2.0)
+        if self.server is not None:
+            self.server.close()
         self.log.info("stopped", exit_code=self.exit_code)
 
     # -- workers --------------------------------------------------------------------------
 
     def spawn_worker(self, index: int) -> WorkerHandle:
-        w = WorkerHandle(index, self.settings, self.output, self.ctx)
+        w = WorkerHandle(index, self.settings, self.output, self.ctx, self.budget)
         w.start()
         return w
 
     def manage_workers(self) -> None:
-        """Read the workers' reports (their heartbeats), stop stalled ones,
+        """Read the workers' reports (their heartbeats), stop stuck ones,
         replace dead ones."""
         for w in self.workers:
-            w.read_reports()
+            if w.process is not None:
+                w.read_reports()
         self.murder_workers()
         self.reap_workers()
 
     def murder_workers(self) -> None:
-        """Kill workers whose reports stopped: they are stuck. (Workers ignore
-        SIGTERM: only the supervisor decides when they stop.)"""
+        """A worker whose reports stopped is stuck: SIGTERM, then SIGKILL."""
         now = time.monotonic()
         for w in self.workers:
-            if w.process.is_alive() and now - w.last_seen > WORKER_STALL_SECONDS:
-                self.log.error("worker_stalled", worker=w.index, pid=w.pid,
-                               silent_seconds=round(now - w.last_seen, 1))
+            if w.process is None or not w.process.is_alive():
+                continue
+            if w.terminated_at:
+                if now - w.terminated_at > WORKER_KILL_GRACE:
+                    w.process.kill()
+            elif now - w.last_seen > WORKER_STALL_SECONDS:
+                self.log.error("worker_stalled", worker=w.index, pid=w.pid, silent_seconds=round(now - w.last_seen, 1))
                 self.counters["supervisor.worker_stalled"] += 1
-                w.process.kill()
-                w.process.join(1.0)
+                w.terminated_at = now
+                w.process.terminate()
 
     def reap_workers(self) -> None:
-        """Replace workers that have exited; a worker that cannot boot stops the collector."""
+        """Replace workers that exited (after a back-off when a slot keeps
+        crashing); a worker that cannot boot stops the collector."""
+        now = time.monotonic()
         for i, w in enumerate(self.workers):
-            if w.process.is_alive():
-                continue
-            code = w.process.exitcode
-            if code == exits.WORKER_BOOT:
-                self.log.error("worker_cannot_boot", worker=i, detail="stopping: see the worker's error above")
-                self.exit_code = exits.WORKER_BOOT
-                self.stopping = True
-                return
-            self.log.error("worker_died", worker=i, pid=w.pid, exitcode=code)
-            self.retire_worker(w)
-            nw = self.spawn_worker(i)
-            if self.probes is not None:
-                try:
-                    self.probes.ignore_pid(nw.pid)
-                except Exception as exc:  # noqa: BLE001 (a full table must not stop the supervisor)
-                    self.counters["supervisor.ignore_pid_failed"] += 1
-                    self.log.error("ignore_pid_failed", pid=nw.pid, error=str(exc))
-            self.workers[i] = nw
+            if w.process is not None:
+                if w.process.is_alive():
+                    if now - w.started_at > CRASH_QUIET:
+                        self.crashes[i] = 0
+                    continue
+                code = w.process.exitcode
+                if code == exits.WORKER_BOOT:
+                    self.log.error("worker_cannot_boot", worker=i, detail="stopping: see the worker's error above")
+                    self.exit_code = exits.WORKER_BOOT
+                    self.stopping = True
+                    return
+                lost = self.retire_worker(w)
+                self.crashes[i] += 1
+                delay = 0.0 if self.crashes[i] <= 1 else min(CRASH_BACKOFF_MAX, 2.0 ** (self.crashes[i] - 2))
+                self.respawn_at[i] = now + delay
+                self.log.error("worker_died", worker=i, pid=w.pid, exitcode=code, respawn_in=delay, **lost)
+                w.process = None  # retired; its queue keeps counting what comes meanwhile
+            if now >= self.respawn_at.get(i, 0.0):
+                self.replace_worker(i)
 
-    def retire_worker(self, w: WorkerHandle) -> None:
-        """Keep what a dead worker counted, and count what it took with it."""
-        self.retired.update(w.last_report.get("counters", {}))
+    def retire_worker(self, w: WorkerHandle) -> dict[str, int]:
+        """Keep what a dead worker counted, count what it held, release its
+        thread, pipes and kernel entry. Returns what was lost."""
+        report = w.last_report
+        lost = {"records": w.release(), "connections": int(report.get("connections", 0)),
+                "messages": int(report.get("sink_messages", 0))}
+        self.retired.update(report.get("counters", {}))
         self.retired["queue.dropped_records"] += w.dropped
-        self.retired["worker.restarts"] += 1
-        self.retired["queue.dropped_batches_on_restart"] += w.release()
+        w.dropped = 0
+        w.queue = type(w.queue)(w.queue.maxsize)  # what comes for the slot until it is replaced
+        w.submitted_bytes = w.sent_bytes = 0
+        self.retired["worker_died.dropped_records"] += lost["records"]
+        self.retired["worker_died.dropped_connections"] += lost["connections"]
+        self.retired["worker_died.dropped_messages"] += lost["messages"]
+        self.restarts["worker"] += 1
+        if self.probes is not None and w.pid:
+            self.probes.unignore_pid(w.pid)
+        return lost
+
+    def replace_worker(self, i: int) -> None:
+        old = self.workers[i]
+        nw = self.spawn_worker(i)
+        nw.take_over(old)  # what was routed to the slot while it waited
+        if self.probes is not None:
+            try:
+                self.probes.ignore_pid(nw.pid)
+            except Exception as exc:  # noqa: BLE001 (a full table must not stop the supervisor)
+                self.counters["supervisor.ignore_pid_failed"] += 1
+                self.log.error("ignore_pid_failed", pid=nw.pid, error=str(exc))
+        if self.uprobes is not None:
+            self.uprobes.ignore(nw.pid)
+        self.workers[i] = nw
+        self.respawn_at.pop(i, None)
 
     def stop_workers(self, timeout: float = 7.0) -> None:
-        for w in self.workers:
+        alive = [w for w in self.workers if w.process is not None]
+        for w in alive:
             w.stop()
         deadline = time.monotonic() + timeout
-        for w in self.workers:
+        for w in alive:
             w.process.join(max(0.0, deadline - time.monotonic()))
-        for w in self.workers:
+        for w in alive:
             w.read_reports()
             if w.process.is_alive():
                 self.log.warning("worker_kill", worker=w.index, pid=w.pid, queued_batches=w.queue.qsize())
                 w.process.kill()
-        for w in self.workers:
+        for w in alive:
             w.process.join(1.0)
-            self.counters["queue.dropped_batches_at_stop"] += w.dropped_at_stop
+            self.counters["queue.dropped_records_at_stop"] += w.dropped_at_stop
 
-    # -- the operator's view --------------------------------------------------------------
+    # -- memory, reload -------------------------------------------------------------------
+
+    def memory(self) -> dict[int, int]:
+        """Private memory of each process of the collector: the supervisor and its workers."""
+        return private_memory([os.getpid()] + [w.pid for w in self.workers if w.process is not None])
+
+    def guard_memory(self) -> None:
+        per_process = self.memory()
+        used = sum(per_process.values())
+        was_shedding = self.router.shed
+        verdict = self.guard.check(time.time(), used)
+        self.router.shed = verdict == SHED
+        if verdict == SHED and not was_shedding:
+            self.log.warning("memory_restart_backoff", used_mb=round(used / 1e6, 1),
+                             threshold_mb=self.settings.mem_thresh_restart_mb, wait_seconds=self.guard.delay,
+                             restarts=self.restarts["memory"], supervisor_mb=round(per_process.get(os.getpid(), 0) / 1e6, 1),
+                             workers=[{"worker": w.index, "mb": round(per_process.get(w.pid, 0) / 1e6, 1),
+                                       "buffered": w.last_report.get("buffered", 0),
+                                       "queued_bytes": w.queued_bytes} for w in self.workers],
+                             detail="over the threshold again soon after a restart: shedding load instead of "
+                                    "restarting until the wait is over")
+        elif verdict == OK and was_shedding:
+            self.log.info("memory_backoff_ended", used_mb=round(used / 1e6, 1))
+        elif verdict == RESTART:
+            self.log.warning("memory_restart", rss_mb=round(used / 1e6, 1),
+                             threshold_mb=self.settings.mem_thresh_restart_mb, restarts=self.restarts["memory"])
+            self.guard.restarted(time.time())
+            self.request_restart("memory", dict(self.env))
+
+    def reload(self) -> None:
+        """SIGHUP: read AKTO_ENV_FILE again over the starting environment; a
+        valid result restarts with it, an invalid one is refused (the old keeps running)."""
+        base = starting_environment(self.env, self.state)
+        if not str(base.get("AKTO_ENV_FILE", "")).strip():
+            self.log.info("reload_skipped", detail="no AKTO_ENV_FILE to read: logging the stats instead")
+            self.log_stats()
+            return
+        try:
+            env = with_env_file(base)
+            Settings.from_env(env)
+        except ConfigError as exc:
+            self.counters["supervisor.reload_refused"] += 1
+            self.log.error("reload_refused", error=str(exc), detail="the running configuration stays")
+            return
+        self.log.info("reloading", file=base["AKTO_ENV_FILE"])
+        self.state.file_vars = file_overrides(base, env)
+        self.request_restart("reload", env)
+
+    def request_restart(self, cause: str, env: dict) -> None:
+        """End the loop; once shut down, exec a fresh image with ``env`` and
+        what must cross (restarts, back-off, counters)."""
+        self.restarts[cause] += 1
+        self.notifier.reloading()
+        self.notifier.extend_timeout(120.0)  # the fresh image compiles its programs before READY=1
+        self.stopping = True
+        self.restart = (cause, env)
+
+    def restart_env(self) -> dict:
+        """The environment of the fresh image: the requested one and the state that crosses."""
+        env = self.restart[1]
+        totals = self.totals()
+        self.state.restarts = dict(self.restarts)
+        self.state.memory = self.guard.state()
+        self.state.counters = dict(totals)
+        return dict(env, **{STATE_VAR: self.state.encode()})
+
+    # -- kernel tables ----------------------------------------------------------------------
+
+    def clean_kernel_tables(self) -> None:
+        """Connections idle past TRAFFIC_INACTIVITY_THRESHOLD, and those of
+        processes that exited, leave the kernel's table."""
+        exited, self.exited = self.exited, set()
+        idle, dead = self.probes.expire_connections(int(self.settings.inactivity_threshold * 1e9), exited)
+        if idle:
+            self.counters["kernel.expired_connections"] += idle
+        if dead:
+            self.counters["kernel.exited_connections"] += dead
+
+    # -- the operator's view ----------------------------------------------------------------
 
     def totals(self) -> Counter:
         kernel = self.probes.counters() if self.probes is not None else {}
-        return stats.totals(self.retired, self.counters, self.workers, kernel)
+        total = stats.totals(self.retired, self.counters, self.workers, kernel)
+        if self.router.shed_records:
+            total["memory.dropped_shed_records"] += self.router.shed_records
+        return total
+
+    def status_line(self) -> str:
+        total = self.totals()
+        return (f"pairs {total.get('pairs', 0)}, records {total.get('worker.records', 0)}, "
+                f"dropped {sum(stats.drops(total).values())}, uprobes {self.attached()}")
+
+    def attached(self) -> int:
+        return self.uprobes.attached if self.uprobes is not None else 0
+
+    def publish(self) -> None:
+        """Once a second: the snapshot the endpoints read, readiness, the watchdog."""
+        now = time.monotonic()
+        workers = stats.worker_fields(self.workers)
+        self.health.sinks([w["sink"] for w in workers], now)
+        ring = self.probes.ring if self.probes is not None else None
+        memory = self.memory()
+        names = {os.getpid(): "supervisor"} | {w.pid: f"worker-{w.index}" for w in self.workers}
+        self.health.snapshot = Snapshot(
+            counters=self.totals(), workers=workers, uprobes=self.attached(),
+            processes_covered=self.uprobes.processes_covered if self.uprobes is not None else 0,
+            ring_fill=self.router.ring_peak / ring.size if ring is not None else 0.0,
+            memory={names.get(pid, str(pid)): used for pid, used in memory.items()},
+            restarts=self.restarts, ready=self.health.ready(now), healthy=self.health.healthy(now))
+        if self.health.healthy(now):
+            self.notifier.watchdog(now)
+        self.notifier.status(self.status_line())
 
     def log_stats(self, final: bool = False) -> None:
         total = self.totals()
@@ -284,44 +496,17 @@ class Arbiter:
         self.log.info("stats_final" if final else "stats",
                       records=total.get("worker.records", 0), pairs=total.get("pairs", 0),
                       drops=stats.drops(total), counters=dict(sorted(total.items())),
-                      workers=stats.worker_fields(self.workers),
-                      uprobes=self.uprobes.attached if self.uprobes is not None else 0,
+                      workers=stats.worker_fields(self.workers), uprobes=self.attached(),
                       ring_peak_pct=round(100 * self.router.ring_peak / ring.size, 1) if ring is not None else 0,
-                      rss_mb=round(self.memory() / 1e6, 1))
+                      rss_mb=round(sum(self.memory().values()) / 1e6, 1), restarts=dict(self.restarts))
         self.router.ring_peak = 0
 
     def send_heartbeat(self) -> None:
-        payload = stats.heartbeat_payload(self.settings, self.totals(), self.started, self.restarts,
-                                          self.uprobes.attached if self.uprobes is not None else 0)
+        payload = stats.heartbeat_payload(self.settings, self.totals(), self.state.started, self.restarts,
+                                          self.attached(), sum(self.memory().values()))
         try:
             self.heartbeat.send(payload)
             self.heartbeat.poll()
         except Exception as exc:  # noqa: BLE001 (a heartbeat must never take the collector down)
             self.counters["heartbeat.failed"] += 1
             self.log.warning("heartbeat_failed", error=str(exc))
-
-    # -- limits ----------------------------------------------------------------------------
-
-    def expire_kernel_connections(self) -> None:
-        n = self.probes.expire_connections(int(self.settings.inactivity_threshold * 1e9))
-        if n:
-            self.counters["kernel.expired_connections"] += n
-
-    def memory(self) -> int:
-        """Private memory of the collector: the supervisor and its workers."""
-        return private_memory([os.getpid()] + [w.pid for w in self.workers if w.pid])
-
-    def guard_memory(self) -> None:
-        used = self.memory()
-        if used <= self.settings.mem_thresh_restart_bytes:
-            return
-        self.log.warning("memory_restart", rss_mb=round(used / 1e6, 1),
-                         threshold_mb=self.settings.mem_thresh_restart_mb)
-        self.shutdown()
-        if self.signals or self.stopping:
-            self.stopping = True
-            return  # a SIGTERM came meanwhile: stop, do not restart
-        env = dict(os.environ, AKTO_COLLECTOR_RESTARTS=str(self.restarts + 1))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "akto_collector", *sys.argv[1:]], env)

@@ -19,11 +19,17 @@ from akto_collector.kernel.records import KIND_EXEC, KIND_EXIT, KIND_OFFSET, TGI
 class Router:
     """Routes one drain's raw records to per-worker batches."""
 
-    __slots__ = ("batches", "execs", "ring_peak", "_records")
+    __slots__ = ("batches", "execs", "exits", "ring_peak", "shed", "shed_records", "_records")
 
     def __init__(self, workers: int) -> None:
         self.batches: list[list[bytes]] = [[] for _ in range(workers)]
         self.execs: deque[int] = deque()  # pids that exec'ed, for the scanner
+        self.exits: list[int] = []  # tgids that exited, for the kernel table clean-up
+        # Set by the memory guard while it backs off: a worker that has not
+        # taken its previous batch yet gets no new one (counted), so the
+        # queues stop growing while live traffic still flows.
+        self.shed = False
+        self.shed_records = 0
         self.ring_peak = 0  # most bytes found waiting in the ring buffer since it was last reset
         self._records: list[bytes] = []  # one drain's records, reused
 
@@ -45,11 +51,16 @@ class Router:
             elif kind == KIND_EXIT:
                 for b in batches:
                     b.append(raw)
+                self.exits.append(int.from_bytes(raw[TGID], "little"))
         records.clear()
 
     def flush(self, workers) -> None:
         """Hand each worker its batch, as one blob."""
+        shed = self.shed
         for w, batch in zip(workers, self.batches):
             if batch:
-                w.submit(b"".join(batch), len(batch))
+                if shed and w.queued_bytes:
+                    self.shed_records += len(batch)
+                else:
+                    w.submit(b"".join(batch), len(batch))
                 batch.clear()

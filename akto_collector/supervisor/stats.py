@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import orjson
+
 from akto_collector import __version__
 
 
@@ -35,16 +37,35 @@ def worker_fields(workers) -> list[dict]:
              "queued_bytes": w.queued_bytes, "sink": w.last_report.get("sink", "")} for w in workers]
 
 
-def heartbeat_payload(settings, total: Counter, started: float, restarts: int, uprobes: int) -> dict:
+def daemon_pod_name(settings) -> str:
+    """How Akto's own collector names itself in heartbeats ("akto-tc:<pod>:<node>")."""
+    if settings.pod_name and settings.node_name:
+        return f"akto-tc:{settings.pod_name}:{settings.node_name}"
+    return f"akto-tc:{settings.pod_name or settings.node_name}"
+
+
+def heartbeat_payload(settings, total: Counter, started: float, restarts, uprobes: int, memory: int) -> dict:
+    """The heartbeat as Akto's collector sends it (every value a string; the
+    runtime reads daemonId, moduleType, daemonPodName, timestamp), with our
+    figures in ``additionalData`` (a JSON object string, as theirs)."""
     now = time.time()
-    return {
-        "id": settings.daemonset_id,
-        "node": settings.node_name,
-        "pod": settings.pod_name,
+    extra = {
         "version": __version__,
-        "uptime": int(now - started),
-        "restarts": restarts,
-        "probes_attached": uprobes,
+        "node": settings.node_name,
+        "uptime_seconds": int(now - started),
+        "restarts": dict(restarts),
+        "uprobe_files": uprobes,
+        "memory_bytes": memory,
+        "pairs": total.get("pairs", 0),
+        "dropped": drops(total),
         "counters": dict(total),
-        "ts": int(now),
+    }
+    return {
+        "type": "heartbeat",
+        "daemonId": settings.daemonset_id,
+        "daemonPodName": daemon_pod_name(settings),
+        "timestamp": str(int(now)),
+        "moduleType": "TRAFFIC_COLLECTOR",
+        "imageVersion": settings.image_version,
+        "additionalData": orjson.dumps(extra).decode(),
     }

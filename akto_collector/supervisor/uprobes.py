@@ -16,6 +16,7 @@ are being closed.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -40,6 +41,8 @@ class UprobeManager:
         self.scanner = scanner if scanner is not None else ProcessScanner(
             proc_root="/proc", probe_all_pid=settings.probe_all_pid, ignore_pids=frozenset(ignore_pids))
         self._requests: queue.Queue = queue.Queue()
+        self._covered: dict[tuple[int, int], set[int]] = {}  # attached file -> pids seen mapping it
+        self.processes_covered = 0  # pids mapping a probed file, as of the latest scan (read by the loop)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # held while attaching: stop() waits for it
@@ -70,6 +73,10 @@ class UprobeManager:
             self._thread.join(timeout)
         with self._lock:
             self.probes = None
+
+    def ignore(self, pid: int) -> None:
+        """A new process of the collector's own (a replaced worker): never scanned."""
+        self.scanner.ignore_pids = frozenset(self.scanner.ignore_pids | {pid})
 
     @property
     def attached(self) -> int:
@@ -127,6 +134,13 @@ class UprobeManager:
                 comms = sorted({process_comm("/proc", p) for p in list(lib.pids)[:5]})
                 self.log.info("uprobe_attached", library=lib.path, kind=lib.kind, version=lib.version,
                               symbols=attached, pids=sorted(lib.pids)[:10], comm=comms)
+            for key, lib in result.libraries.items():
+                if key in probes.uprobes and lib.pids:
+                    self._covered.setdefault(key, set()).update(lib.pids)
+            alive = {pid for pids in self._covered.values() for pid in pids if os.path.exists(f"/proc/{pid}")}
+            for pids in self._covered.values():
+                pids &= alive
+            self.processes_covered = len(alive)
         for u in result.unsupported:
             self.log.warning("tls_not_capturable", pid=u.pid, comm=u.comm, reason=u.reason)
         for e in result.errors:

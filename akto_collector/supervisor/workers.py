@@ -28,10 +28,11 @@ QUEUE_BATCHES = 256  # batches waiting per worker before we drop (and count)
 class WorkerHandle:
     """One worker process, its data pipe and its sender thread."""
 
-    def __init__(self, index: int, settings, output: str, ctx) -> None:
+    def __init__(self, index: int, settings, output: str, ctx, budget: int | None = None) -> None:
         self.index = index
         self._settings = settings
         self._output = output
+        self._budget = budget
         self._ctx = ctx
         self.process = None
         self.data_tx = None
@@ -40,13 +41,13 @@ class WorkerHandle:
         self.queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
         # Each byte counter has one writer (the loop adds, the sender thread
         # takes away), so no lock is needed.
-        shares = worker.budget_shares(settings)
+        shares = worker.budget_shares(settings, budget)
         self.budget = sum(shares)
         self.min_queue_bytes = self.max_queue_bytes = shares[0]
         self.submitted_bytes = 0
         self.sent_bytes = 0
         self.dropped = 0  # records lost because this worker's queue was full
-        self.dropped_at_stop = 0  # batches dropped to make room for the stop order
+        self.dropped_at_stop = 0  # records dropped to make room for the stop order
         self.last_report: dict = {}
         self.last_seen = time.monotonic()
         self.started_at = 0.0
@@ -58,7 +59,8 @@ class WorkerHandle:
         data_rx, self.data_tx = ctx.Pipe(duplex=False)
         self.report_rx, report_tx = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=worker.run, name=f"akto-worker-{self.index}",
-                                   args=(self.index, self._settings, self._output, data_rx, report_tx),
+                                   args=(self.index, self._settings, self._output, data_rx, report_tx,
+                                         self._budget),
                                    daemon=False)
         self.process.start()
         data_rx.close()
@@ -73,7 +75,7 @@ class WorkerHandle:
 
     def _send_loop(self) -> None:
         while True:
-            blob = self.queue.get()
+            blob, _records = self.queue.get()
             try:
                 self.data_tx.send_bytes(blob)
             except (OSError, ValueError):
@@ -92,7 +94,7 @@ class WorkerHandle:
             self.dropped += records
             return
         try:
-            self.queue.put_nowait(blob)
+            self.queue.put_nowait((blob, records))
         except queue.Full:
             self.dropped += records
             return
@@ -113,29 +115,41 @@ class WorkerHandle:
         backlog it could not finish in time is dropped here, and counted."""
         while self.queue.full():
             try:
-                blob = self.queue.get_nowait()
+                blob, records = self.queue.get_nowait()
             except queue.Empty:
                 break
-            self.dropped_at_stop += 1 if blob else 0
-        self.queue.put(b"")
+            self.dropped_at_stop += records
+        self.queue.put((b"", 0))
+
+    def take_over(self, old: WorkerHandle) -> None:
+        """Receive what was queued for a dead predecessor meanwhile (its
+        connections resync here); what does not fit is counted as dropped."""
+        self.dropped += old.dropped
+        while True:
+            try:
+                blob, records = old.queue.get_nowait()
+            except queue.Empty:
+                return
+            if blob:
+                self.submit(blob, records)
 
     def release(self) -> int:
         """After the process is gone: end the sender thread, close the pipes.
-        Returns the batches that were still queued (lost with the worker)."""
+        Returns the records that were still queued (lost with the worker)."""
         lost = 0
         while True:
             try:
-                blob = self.queue.get_nowait()
+                _blob, records = self.queue.get_nowait()
             except queue.Empty:
                 break
-            lost += 1 if blob else 0
+            lost += records
         for end in (self.data_tx, self.report_rx):
             if end is not None:
                 try:
                     end.close()  # the sender's next send_bytes fails: it returns
                 except OSError:
                     pass
-        self.queue.put(b"")  # wakes a sender blocked on an empty queue
+        self.queue.put((b"", 0))  # wakes a sender blocked on an empty queue
         if self.sender is not None:
             self.sender.join(1.0)
         return lost

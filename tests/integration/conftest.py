@@ -61,12 +61,16 @@ class Collector:
         self.err_path = tmp / "collector.log"
         full_env = dict(os.environ)
         for k in list(full_env):
-            if k.startswith(("AKTO_", "TRAFFIC_", "CAPTURE_", "KAFKA_", "PROBE_ALL_PID", "UPROBE_")) and \
+            if k.startswith(("AKTO_", "TRAFFIC_", "CAPTURE_", "KAFKA_", "PROBE_ALL_PID", "UPROBE_", "NOTIFY_SOCKET",
+                             "WATCHDOG_")) and \
                     k not in ("AKTO_REQUIRE_EBPF", "AKTO_REQUIRE_BROKER"):
                 del full_env[k]
         full_env.setdefault("AKTO_WORKERS", "2")
         full_env["AKTO_STATS_INTERVAL"] = "1"
+        # Several collectors run at once here: each serves its endpoints on a port of its own.
+        full_env["AKTO_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
         full_env.update(env or {})
+        self.metrics_addr = full_env["AKTO_METRICS_ADDR"]
         self.err = open(self.err_path, "wb")
         cmd = [python, "-m", "akto_collector", "run", "--output", str(self.out_path)] + (args or [])
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=self.err)

@@ -96,6 +96,6 @@ def test_inactive_connection_is_expired(start_collector, app):
 def test_memory_threshold_restarts_in_place(start_collector, app):
     c = start_collector({"AKTO_MEM_THRESH_RESTART": "1"})
     c.wait_log("memory_restart", timeout=30)
-    c.wait_log("starting", timeout=60, pred=lambda r: r.get("restarts", 0) >= 1)
+    c.wait_log("starting", timeout=60, pred=lambda r: r.get("restarts", {}).get("memory", 0) >= 1)
     c.wait_log("ready", timeout=60, pred=lambda r: sum(1 for x in c.logs() if x.get("event") == "ready") >= 2)
     assert c.proc.poll() is None  # the same process, exec'ed afresh

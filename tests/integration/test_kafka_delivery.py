@@ -77,14 +77,23 @@ def test_pairs_arrive_with_contract_fields_keyed_by_client_ip(start_collector, b
 
 
 def test_heartbeat(start_collector, broker):
-    start_collector(kafka_env(broker, AKTO_HEARTBEAT_INTERVAL="1"))
-    deadline = time.monotonic() + 30
+    # The first comes within seconds of ready even with a long interval.
+    start_collector(kafka_env(broker, AKTO_HEARTBEAT_INTERVAL="600", AKTO_DAEMONSET_ID="ds-hb", POD_NAME="akto-x",
+                              NODE_NAME="node-1", AKTO_IMAGE_VERSION="akto-collector:test"))
+    deadline = time.monotonic() + 20
     beats = []
     while not beats and time.monotonic() < deadline:
         beats = broker.consume_all("akto.daemonset.producer.heartbeats", timeout=3)
     assert beats, "no heartbeat"
+    assert {b.key for b in beats} == {b"ds-hb"}  # keyed by the daemonset id
     hb = orjson.loads(beats[-1].value)
-    assert hb["version"] and hb["id"] and "counters" in hb and "uptime" in hb
+    # As Akto's collector sends it: every value a string.
+    assert hb["type"] == "heartbeat" and hb["daemonId"] == "ds-hb" and hb["moduleType"] == "TRAFFIC_COLLECTOR"
+    assert hb["daemonPodName"] == "akto-tc:akto-x:node-1"
+    assert hb["imageVersion"] == "akto-collector:test" and abs(int(hb["timestamp"]) - time.time()) < 60
+    assert all(isinstance(v, str) for v in hb.values())
+    extra = orjson.loads(hb["additionalData"])
+    assert extra["version"] and "counters" in extra and "uptime_seconds" in extra and "dropped" in extra
 
 
 def test_outage_loses_nothing(start_collector, broker, app):
