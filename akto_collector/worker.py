@@ -32,6 +32,7 @@ from akto_collector.message import MessageEncoder
 from akto_collector.addresses import host_of, join_host_port
 from akto_collector.procfs import process_comm, socket_addresses
 from akto_collector.sinks import make_sink
+from akto_collector.protocols import PROTO_HTTP2
 from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 
 REPORT_EVERY = 1.0
@@ -221,11 +222,15 @@ class Worker:
         cutoff = now - self.idle
         for conn, cs in list(self.streams.items()):
             if cs.last_seen < cutoff:
-                cs.expire()
+                for ex in cs.expire():
+                    self.emit(ex)
                 del self.streams[conn]
                 self.counters["worker.expired_connections"] += 1
                 if conn not in self.meta_seen:
                     self.forget(conn)
+            elif cs.proto == PROTO_HTTP2:  # its streams may be idle while the connection is not
+                for ex in cs.expire_idle(now, self.idle):
+                    self.emit(ex)
         # Metadata outlives an idle stream (a late byte resyncs on the same
         # connection), but not a connection that stays silent.
         for conn in [c for c, seen in self.meta_seen.items() if seen < cutoff and c not in self.streams]:
@@ -236,7 +241,8 @@ class Worker:
                 if held <= self.stream_budget:
                     break
                 held -= cs.buffered
-                cs.expire()
+                for ex in cs.expire():
+                    self.emit(ex)
                 self.forget(conn)
                 self.counters["buffer.dropped_connections"] += 1
 
@@ -293,7 +299,8 @@ def run(index: int, settings, output: str, data_rx, report_tx, budget: int | Non
     # Order to stop: connections still open keep their half messages (counted
     # by expire), what is complete was already emitted; flush the sink.
     for cs in worker.streams.values():
-        cs.expire()
+        for ex in cs.expire():  # HTTP/2 streams that have their response go out, marked
+            worker.emit(ex)
     worker.sink.close(timeout=5.0)
     try:
         report_tx.send(worker.report())

@@ -75,6 +75,21 @@ def _response_chunked_gzip() -> bytes:
     ).encode() + chunks
 
 
+def pairs_500(cs, enc, meta, conn, pos, request: bytes, response: bytes) -> int:
+    """500 request/response rounds through on_event + encode, one DataEvent per message."""
+    lreq, lresp = len(request), len(response)
+    pairs = 0
+    for _ in range(500):
+        ts = time.time()
+        cs.on_event(DataEvent(conn, ts, RECV, pos[0], lreq, 0, 0, request))
+        pos[0] += lreq
+        for ex in cs.on_event(DataEvent(conn, ts, SEND, pos[1], lresp, 0, 0, response)):
+            enc.encode(ex, meta)
+            pairs += 1
+        pos[1] += lresp
+    return pairs
+
+
 def run(name: str, request: bytes, response: bytes, seconds: float, rounds: int = 5) -> float:
     """Pairs/s through on_event + encode; best and median of ``rounds`` (the host may be shared)."""
     counters: Counter = Counter()
@@ -83,21 +98,13 @@ def run(name: str, request: bytes, response: bytes, seconds: float, rounds: int 
     enc = MessageEncoder("1000000", "0", "bench")
     meta = ConnMeta(pid=1234, fd=7, comm="python3", local="10.0.0.2:8080", peer="10.0.0.1:50000")
     pos = [0, 0]
-    lreq, lresp = len(request), len(response)
     rates = []
     for _ in range(rounds):
         pairs = 0
         start = time.perf_counter()
         deadline = start + seconds / rounds
         while True:
-            for _ in range(500):
-                ts = time.time()
-                cs.on_event(DataEvent(conn, ts, RECV, pos[0], lreq, 0, 0, request))
-                pos[0] += lreq
-                for ex in cs.on_event(DataEvent(conn, ts, SEND, pos[1], lresp, 0, 0, response)):
-                    enc.encode(ex, meta)
-                    pairs += 1
-                pos[1] += lresp
+            pairs += pairs_500(cs, enc, meta, conn, pos, request, response)
             now = time.perf_counter()
             if now >= deadline:
                 break

@@ -6,7 +6,8 @@
  * task's saved user registers.
  *
  * Defines set by akto_collector/kernel/loader.py: MAX_CONN, CAPTURE_PLAIN,
- * CAPTURE_TLS, DISABLE_EGRESS, FILTER_TLS_PIDS, RINGBUF_PAGES, COLLECTOR_TGID.
+ * CAPTURE_TLS, DISABLE_EGRESS, FILTER_TLS_PIDS, RINGBUF_PAGES, COLLECTOR_TGID,
+ * COPY_LIMIT, GO_DEFAULT_* (tlslibs.GO_DEFAULT_FD_LAYOUT).
  */
 #include <uapi/linux/ptrace.h>
 #include <asm/ptrace.h>
@@ -14,6 +15,13 @@
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <linux/uio.h>
+
+/* A tracepoint program. Not bcc's TRACEPOINT_PROBE: bcc attaches those while
+ * it loads, before the loader has put the copying programs in their program
+ * arrays (a call traced meanwhile would be lost). The loader attaches every
+ * TRACEPOINT(...) it finds in the source once they are in place, and may
+ * leave out the ones this kernel lacks. */
+#define TRACEPOINT(category, event) int tp__##category##__##event(struct tracepoint__##category##__##event *args)
 
 #define KIND_DATA 1
 #define KIND_OPEN 2
@@ -55,8 +63,18 @@
 #define CHUNK_M 4096
 #define CHUNK_8K 8192
 #define CHUNK_L 32768
-#define MAX_CHUNKS 8 /* per buffer: 256 KiB, the rest is flagged cut */
-#define MAX_IOV 12
+/* A call is copied up to COPY_LIMIT bytes (AKTO_MAX_BODY_BYTES and room for
+ * the head, set by the loader), in pieces of at most CHUNK_L: a piece per
+ * CHUNK_L of an iovec, walked by one bounded loop (never unrolled: the
+ * verifier checks each iteration, and the program stays small). The loop
+ * stops after MAX_PIECES pieces (the verifier walks every iteration, and each
+ * costs it six paths) and the copying program tail-calls itself to go on,
+ * its position kept in the job: the kernel allows 33 tail calls in a chain,
+ * so a call's copy ends at COPY_LIMIT or after 33 * MAX_PIECES pieces (8.4 MiB
+ * of one buffer, fewer when a call has many small iovecs). Beyond either, the
+ * rest is flagged cut, with its size, and counted (kernel.cut_bytes). */
+#define MAX_PIECES 8
+#define MAX_IOV 1024 /* UIO_MAXIOV */
 
 /* Counter slots (array map `counters`); the comment is the name user space
  * reports it under (kernel/records.py KERNEL_COUNTERS, checked by a test).
@@ -71,7 +89,13 @@
 #define C_BYTES 7
 #define C_PLAIN_ON_TLS 8   /* kernel.skipped.plaintext_on_tls */
 #define C_UNTRACED_BYTES 9 /* kernel.untraced_socket_bytes */
-#define C_NCOUNTERS 16
+#define C_COPY_PREEMPTED 10 /* kernel.dropped.copy_preempted */
+#define C_EMIT_UNREACHED 11 /* kernel.dropped.emit_unreached */
+#define C_GO_CONFIRMED 12 /* kernel.go_tls.layout_confirmed */
+#define C_GO_UNCONFIRMED 13 /* kernel.dropped.go_tls_unconfirmed */
+#define C_GO_MISMATCH 14 /* kernel.dropped.go_tls_layout_mismatch */
+#define C_GO_DEFAULT_LAYOUT 15 /* kernel.go_tls.default_layout */
+#define C_NCOUNTERS 32 /* slots; the array has this many */
 
 /* The header of every ring buffer record (kernel/records.py RECORD mirrors
  * it; a test checks the two). */
@@ -148,6 +172,7 @@ struct tls_call_t {
     u64 buf;
     u64 lenptr;
     u64 sk; /* the socket of the syscall beneath, when there was one */
+    u64 start; /* when the call began (bpf_ktime_get_ns) */
     s32 fd;
     u8 dir;
     u8 pad[3];
@@ -161,6 +186,28 @@ struct last_read_t {
     s32 fd;
 };
 BPF_TABLE("lru_hash", u32, struct last_read_t, last_read_fd, 16384);
+/* Per thread: the Go crypto/tls call in progress (its goroutine), so that a
+ * socket syscall beneath names the fd that confirms the conn's layout
+ * (go_tls.c). Defined here because socket_trace.c fills it. */
+struct go_thread_t {
+    u64 g;
+    s32 fd;
+    u32 tgid;
+};
+BPF_TABLE("lru_hash", u32, struct go_thread_t, go_threads, 16384);
+/* Per Go process: how to read the fd from a *tls.Conn (written by user
+ * space), and the net.Conn types confirmed to lead to it (go_tls.c). */
+#define GO_ITABS 4
+struct go_proc_t {
+    u32 conn;       /* tls.Conn.conn */
+    u32 iface_data; /* the data pointer in an interface value */
+    u32 tcpconn_fd; /* net.TCPConn -> conn.fd (*netFD) */
+    u32 netfd_pfd;  /* netFD.pfd (poll.FD) */
+    u32 pfd_sysfd;  /* poll.FD.Sysfd */
+    u32 pad;
+    u64 itab[GO_ITABS];
+};
+BPF_HASH(go_procs, u32, struct go_proc_t, 4096);
 
 static __always_inline void count(u32 slot, u64 n) {
     u64 *c = counters.lookup(&slot);
@@ -336,7 +383,8 @@ static __always_inline int classify(const char *ubuf, u32 len) {
         if (!is_upper(b[i]) && b[i] != '-' && b[i] != '_')
             break;
     }
-    return h2_frames(ubuf, len);
+    int f = h2_frames(ubuf, len);
+    return f > 0 ? K_H2_FRAMES : f;
 }
 
 /* Decide, from a call's first bytes, whether to pass it on. Sets the role
@@ -377,7 +425,9 @@ role:
 
 /* One piece: header h (offset, flags set by the caller), n bytes at src.
  * The six size classes are spelled out because bcc rewrites map calls
- * only outside macros. */
+ * only outside macros. Returns 0, or -1 when the ring buffer is full: no
+ * other value, so that the six paths join in one verifier state (emit_call
+ * loops over pieces; differing states would multiply per iteration). */
 #define FILL_PIECE(SIZE)                                                     \
     __builtin_memcpy(&e->h, h, sizeof(*h));                                  \
     u32 m = n >= SIZE ? SIZE : n;                                            \
@@ -403,7 +453,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
         }
         FILL_PIECE(CHUNK_S)
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-        return m;
+        return 0;
     }
     if (n <= CHUNK_1K) {
         struct ev_1k *e = events.ringbuf_reserve(sizeof(struct ev_1k));
@@ -413,7 +463,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
         }
         FILL_PIECE(CHUNK_1K)
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-        return m;
+        return 0;
     }
     if (n <= CHUNK_2K) {
         struct ev_2k *e = events.ringbuf_reserve(sizeof(struct ev_2k));
@@ -423,7 +473,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
         }
         FILL_PIECE(CHUNK_2K)
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-        return m;
+        return 0;
     }
     if (n <= CHUNK_M) {
         struct ev_m *e = events.ringbuf_reserve(sizeof(struct ev_m));
@@ -433,7 +483,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
         }
         FILL_PIECE(CHUNK_M)
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-        return m;
+        return 0;
     }
     if (n <= CHUNK_8K) {
         struct ev_8k *e = events.ringbuf_reserve(sizeof(struct ev_8k));
@@ -443,7 +493,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
         }
         FILL_PIECE(CHUNK_8K)
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-        return m;
+        return 0;
     }
     struct ev_l *e = events.ringbuf_reserve(sizeof(struct ev_l));
     if (!e) {
@@ -452,28 +502,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
     }
     FILL_PIECE(CHUNK_L)
     events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-    return m;
-}
-
-/* Emit len bytes of one user buffer, which sits at `base` within a call
- * starting at stream position h->call_pos. Returns the bytes copied: fewer
- * than len at the copy cap or when the ring buffer is full; the caller then
- * emits the cut marker. */
-static __always_inline u32 emit_buf(struct ev_hdr *h, const char *ubuf, u32 len, u32 base) {
-    u32 done = 0;
-    h->flags &= ~FLAG_CUT;
-    for (int i = 0; i < MAX_CHUNKS; i++) {
-        if (done >= len)
-            break;
-        u32 n = len - done;
-        if (n > CHUNK_L)
-            n = CHUNK_L;
-        h->offset = base + done;
-        if (emit_piece(h, ubuf + done, n) < 0)
-            break;
-        done += n;
-    }
-    return done;
+    return 0;
 }
 
 /* Emit the marker that says: bytes [offset, total) of this call are missing. */
@@ -482,6 +511,148 @@ static __always_inline void emit_cut(struct ev_hdr *h, u32 offset) {
     h->flags |= FLAG_CUT;
     emit_piece(h, 0, 0);
     count(C_CUT_BYTES, h->total - offset);
+}
+
+/* A call's bytes are copied by a program of their own, reached by a tail
+ * call: the verifier then checks its loop once, from one state (its inputs
+ * come from a map: nothing it knows), instead of once per state the caller
+ * arrives with (the classification of the first bytes leaves dozens, and the
+ * loop's cost multiplied by them passed the verifier's limit). The caller
+ * leaves what to copy in `emit_job` (per CPU) and tail-calls; the job's
+ * position in the call stays in the map while the loop runs, so that every
+ * path through an iteration ends in the same state. `owner` catches another
+ * program run on this CPU meanwhile (a preempted one): the copy then stops,
+ * and the bytes not copied show as a gap in the stream, counted. */
+struct emit_job_t {
+    u64 owner; /* pid_tgid of the call */
+    struct ev_hdr h;
+    u64 buf;   /* the buffer, or the current iovec's base */
+    u64 vec;   /* the iovec array, or 0 */
+    u64 vlen;
+    u64 vi;    /* the current iovec */
+    u32 total; /* bytes the call transferred */
+    u32 done;  /* bytes copied */
+    u32 at;    /* offset in the current iovec */
+    u32 seg;   /* bytes of the current iovec that belong to the call */
+    u32 full;  /* the ring buffer refused a piece: stop */
+};
+BPF_PERCPU_ARRAY(emit_job, struct emit_job_t, 1);
+/* The copying programs, one per program type (a program array holds one
+ * type): for the syscall probes and for the TLS uprobes. Filled by the loader. */
+#define EMIT_TRACEPOINT 0
+#define EMIT_UPROBE 1
+BPF_PROG_ARRAY(emit_tracepoints, 1);
+BPF_PROG_ARRAY(emit_uprobes, 1);
+
+/* Emit the `total` bytes a call transferred, from one user buffer (`buf`,
+ * vec NULL) or from its iovecs (`vec`, `vlen` of them), by the copying
+ * program `which`: does not return when the tail call is made. */
+static __always_inline void emit_call(void *ctx, int which, struct ev_hdr *h, const char *buf, const struct iovec *vec,
+                                      u64 vlen, u32 total) {
+    u32 zero = 0;
+    struct emit_job_t *j = emit_job.lookup(&zero);
+    if (!j)
+        return;
+    j->owner = bpf_get_current_pid_tgid();
+    __builtin_memcpy(&j->h, h, sizeof(*h));
+    j->buf = (u64)buf;
+    j->vec = (u64)vec;
+    j->vlen = vlen;
+    /* with iovecs, the loop starts by moving to the "next" one, the first */
+    j->vi = (u64)-1;
+    j->total = total;
+    j->done = 0;
+    j->at = 0;
+    j->seg = vec ? 0 : total;
+    j->full = 0;
+    if (which == EMIT_TRACEPOINT)
+        emit_tracepoints.call(ctx, 0);
+    else
+        emit_uprobes.call(ctx, 0);
+    count(C_EMIT_UNREACHED, 1); /* the copying program is not there (yet): nothing copied */
+}
+
+/* The body of the copying programs: pieces of at most CHUNK_L bytes, each
+ * tagged with its offset in the call, MAX_PIECES of them per run; then the
+ * next run (a tail call to itself), or at COPY_LIMIT, a full ring buffer or
+ * the end of the tail-call chain, the cut marker for the rest. */
+static __always_inline int run_emit_job(void *ctx, int which) {
+    u32 zero = 0;
+    struct emit_job_t *j = emit_job.lookup(&zero);
+    if (!j)
+        return 0;
+    u64 me = bpf_get_current_pid_tgid();
+    if (j->owner != me) {
+        count(C_COPY_PREEMPTED, 1);
+        return 0;
+    }
+    struct ev_hdr h = j->h;
+    u32 total = j->total;
+    const struct iovec *vec = (const struct iovec *)j->vec;
+    h.flags &= ~FLAG_CUT;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAX_PIECES; i++) {
+        if (j->owner != me) {
+            count(C_COPY_PREEMPTED, 1);
+            return 0;
+        }
+        u32 done = j->done, at = j->at, seg = j->seg;
+        if (done >= total || done >= COPY_LIMIT)
+            break;
+        if (at >= seg) { /* this iovec is done: copy from the next in this same iteration */
+            struct iovec iv = {};
+            u64 vi = j->vi + 1;
+            if (!vec || vi >= j->vlen || vi >= MAX_IOV || bpf_probe_read_user(&iv, sizeof(iv), &vec[vi]) != 0)
+                break;
+            j->vi = vi;
+            j->buf = (u64)iv.iov_base;
+            seg = iv.iov_len < total - done ? iv.iov_len : total - done;
+            j->seg = seg;
+            at = 0;
+            if (!seg) {
+                j->at = 0;
+                continue; /* an empty iovec */
+            }
+        }
+        u32 n = seg - at;
+        if (n > CHUNK_L)
+            n = CHUNK_L;
+        if (n > COPY_LIMIT - done)
+            n = COPY_LIMIT - done;
+        h.offset = done;
+        if (emit_piece(&h, (const char *)j->buf + at, n) < 0) {
+            j->full = 1;
+            break;
+        }
+        j->at = at + n;
+        j->done = done + n;
+    }
+    u32 done = j->done;
+    if (done >= total)
+        return 0;
+    if (!j->full && done < COPY_LIMIT && (j->at < j->seg || (vec && j->vi + 1 < j->vlen && j->vi + 1 < MAX_IOV))) {
+        /* more to copy: the next run (does not return unless the chain is at its end) */
+        if (which == EMIT_TRACEPOINT)
+            emit_tracepoints.call(ctx, 0);
+        else
+            emit_uprobes.call(ctx, 0);
+    }
+    emit_cut(&h, done);
+    return 0;
+}
+
+int emit_tracepoint(void *ctx) { return run_emit_job(ctx, EMIT_TRACEPOINT); }
+int emit_uprobe(struct pt_regs *ctx) { return run_emit_job(ctx, EMIT_UPROBE); }
+
+/* A record's time: a send is dated when its call began, a receive when it
+ * returned (the bytes exist from then on). A response read by one thread can
+ * be emitted before the request another thread wrote (its probe fires at the
+ * write's return, after the peer may have answered): dated so, the request
+ * is never later than its response, and user space pairs them whatever the
+ * order they arrive in. */
+static __always_inline void date_call(struct ev_hdr *h, u64 start) {
+    if (h->dir == DIR_SEND && start)
+        h->ts = start;
 }
 
 static __always_inline void fill_hdr(struct ev_hdr *h, struct conn_t *c, u32 tgid, u32 fd, u8 kind) {

@@ -19,6 +19,7 @@ struct sc_args_t {
     u64 buf;  /* buffer, iovec array, or user_msghdr */
     u64 vlen; /* iovec count */
     u64 sk;
+    u64 start; /* when the call began */
     s32 fd;
     u8 kind;
     u8 dir;
@@ -52,6 +53,8 @@ static __always_inline int stash(s32 fd, u64 buf, u64 vlen, u8 kind, u8 dir) {
     a.vlen = vlen;
     a.kind = kind;
     a.dir = dir;
+    if (dir == DIR_SEND)
+        a.start = bpf_ktime_get_ns(); /* see date_call */
     sc_args.update(&tid, &a);
     return 0;
 }
@@ -126,19 +129,19 @@ static __always_inline void mark_socket(void *sk, u16 family, u16 protocol, int 
     a->sk = (u64)sk;
 }
 
-TRACEPOINT_PROBE(sock, sock_recv_length) {
+TRACEPOINT(sock, sock_recv_length) {
     if (args->ret > 0 && !(args->flags & MSG_PEEK_FLAG))
         mark_socket(args->sk, args->family, args->protocol, args->ret, 1);
     return 0;
 }
 
-TRACEPOINT_PROBE(sock, sock_send_length) {
+TRACEPOINT(sock, sock_send_length) {
     if (args->ret > 0)
         mark_socket(args->sk, args->family, args->protocol, args->ret, 0);
     return 0;
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+TRACEPOINT(sock, inet_sock_set_state) {
     if (args->newstate != 1 /* TCP_ESTABLISHED */ || args->protocol != IPPROTO_TCP)
         return 0;
     struct addr_info a = {};
@@ -155,25 +158,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     u64 sk = (u64)args->skaddr;
     sk_addr.update(&sk, &a);
     return 0;
-}
-
-static __always_inline void emit_iov(struct ev_hdr *h, const struct iovec *vec, u64 vlen, u32 ret) {
-    u32 off = 0, end = 0;
-    for (int i = 0; i < MAX_IOV; i++) {
-        if (i >= vlen || off >= ret)
-            break;
-        struct iovec iv = {};
-        if (bpf_probe_read_user(&iv, sizeof(iv), &vec[i]) != 0)
-            break;
-        u32 n = iv.iov_len;
-        if (n > ret - off)
-            n = ret - off;
-        u32 got = emit_buf(h, iv.iov_base, n, off);
-        end = off + got;
-        off += n;
-    }
-    if (end < ret)
-        emit_cut(h, end);
 }
 
 /* First buffer of a call, for the "does this look like HTTP" test. */
@@ -198,7 +182,7 @@ static __always_inline const char *first_buf(struct sc_args_t *a, u32 ret, u32 *
     return (const char *)iv.iov_base;
 }
 
-static __always_inline int on_exit(long ret) {
+static __always_inline int on_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = id;
     struct sc_args_t *ap = sc_args.lookup(&tid);
@@ -208,6 +192,9 @@ static __always_inline int on_exit(long ret) {
     sc_args.delete(&tid);
     if (!a.is_sock || ret <= 0)
         return 0;
+    struct go_thread_t *gt = go_threads.lookup(&tid);
+    if (gt && gt->tgid == tgid)
+        gt->fd = a.fd; /* under a Go TLS call: the socket that confirms its layout */
     if (a.dir == DIR_RECV) {
         struct last_read_t lr = {.tgid = tgid, .fd = a.fd};
         last_read_fd.update(&tid, &lr);
@@ -267,44 +254,42 @@ static __always_inline int on_exit(long ret) {
     emit_addr(c, tgid, a.fd);
     fill_hdr(&h, c, tgid, a.fd, KIND_DATA);
     h.dir = a.dir;
+    date_call(&h, a.start);
     h.total = ret;
     h.call_pos = __sync_fetch_and_add(&c->pos[a.dir & 1], ret);
-    if (a.kind == SC_BUF) {
-        u32 got = emit_buf(&h, first, ret, 0);
-        if (got < ret)
-            emit_cut(&h, got);
-    } else {
-        emit_iov(&h, (const struct iovec *)vec, vlen, ret);
-    }
+    if (a.kind == SC_BUF)
+        emit_call(ctx, EMIT_TRACEPOINT, &h, first, 0, 0, ret);
+    else
+        emit_call(ctx, EMIT_TRACEPOINT, &h, 0, (const struct iovec *)vec, vlen, ret);
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_RECV); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_SEND); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_RECV); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_SEND); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) {
+TRACEPOINT(syscalls, sys_enter_read) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_RECV); }
+TRACEPOINT(syscalls, sys_exit_read) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_write) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_SEND); }
+TRACEPOINT(syscalls, sys_exit_write) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_readv) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_RECV); }
+TRACEPOINT(syscalls, sys_exit_readv) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_writev) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_SEND); }
+TRACEPOINT(syscalls, sys_exit_writev) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_recvfrom) {
     if (args->flags & MSG_PEEK_FLAG)
         return 0; /* the same bytes will be read again */
     return stash(args->fd, (u64)args->ubuf, 0, SC_BUF, DIR_RECV);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return stash(args->fd, (u64)args->buff, 0, SC_BUF, DIR_SEND); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) {
+TRACEPOINT(syscalls, sys_exit_recvfrom) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_sendto) { return stash(args->fd, (u64)args->buff, 0, SC_BUF, DIR_SEND); }
+TRACEPOINT(syscalls, sys_exit_sendto) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_recvmsg) {
     if (args->flags & MSG_PEEK_FLAG)
         return 0;
     return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_RECV);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_SEND); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) { return stash(args->out_fd, 0, 0, SC_SENDFILE, DIR_SEND); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return on_exit(args->ret); }
+TRACEPOINT(syscalls, sys_exit_recvmsg) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_sendmsg) { return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_SEND); }
+TRACEPOINT(syscalls, sys_exit_sendmsg) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_enter_sendfile64) { return stash(args->out_fd, 0, 0, SC_SENDFILE, DIR_SEND); }
+TRACEPOINT(syscalls, sys_exit_sendfile64) { return on_exit(args, args->ret); }
 
 /* accept/connect: a connection we saw open, with its role and peer. */
 static __always_inline int open_enter(s32 fd, u64 addr, u8 role) {
@@ -373,14 +358,14 @@ static __always_inline int open_exit(long ret) {
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return open_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return open_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return open_enter(args->fd, (u64)args->uservaddr, ROLE_CLIENT); }
-TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return open_exit(args->ret); }
+TRACEPOINT(syscalls, sys_enter_accept4) { return open_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); }
+TRACEPOINT(syscalls, sys_exit_accept4) { return open_exit(args->ret); }
+TRACEPOINT(syscalls, sys_enter_accept) { return open_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); }
+TRACEPOINT(syscalls, sys_exit_accept) { return open_exit(args->ret); }
+TRACEPOINT(syscalls, sys_enter_connect) { return open_enter(args->fd, (u64)args->uservaddr, ROLE_CLIENT); }
+TRACEPOINT(syscalls, sys_exit_connect) { return open_exit(args->ret); }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+TRACEPOINT(syscalls, sys_enter_close) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     u64 key = conn_key(tgid, args->fd);
@@ -403,7 +388,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exec) {
+TRACEPOINT(sched, sched_process_exec) {
     struct ev_hdr *e = events.ringbuf_reserve(sizeof(struct ev_hdr));
     if (!e) {
         count(C_RB_FULL, 1);
@@ -418,7 +403,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exit) {
+TRACEPOINT(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = id, tgid = id >> 32;
     /* A thread that dies inside a call leaves its stash: forget it. */
@@ -426,6 +411,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     open_args.delete(&tid);
     tls_calls.delete(&tid);
     last_read_fd.delete(&tid);
+    go_threads.delete(&tid);
     if (tid != tgid) {
         /* sched_process_fork cannot tell a thread from a process: what it
          * copied for a thread goes with the thread. */
@@ -437,6 +423,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     /* Its entries go with it (its connections: user space, which knows
      * them, at the next clean-up of the table). */
     tls_pids.delete(&tgid);
+    go_procs.delete(&tgid);
     if (ignored(tgid)) {
         ignore_tgid.delete(&tgid);
         return 0;
@@ -457,7 +444,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
 /* A fork of an allowed (FILTER_TLS_PIDS) or ignored process is allowed or
  * ignored from its first instruction, not at the next scan: nginx's workers,
  * the collector's own. */
-TRACEPOINT_PROBE(sched, sched_process_fork) {
+TRACEPOINT(sched, sched_process_fork) {
     u32 parent = bpf_get_current_pid_tgid() >> 32;
     u32 child = args->child_pid;
     u8 one = 1;
@@ -467,5 +454,10 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     if (tls_pids.lookup(&parent))
         tls_pids.update(&child, &one);
 #endif
+    struct go_proc_t *g = go_procs.lookup(&parent);
+    if (g) {
+        struct go_proc_t copy = *g;
+        go_procs.update(&child, &copy);
+    }
     return 0;
 }

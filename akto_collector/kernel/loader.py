@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 from akto_collector.kernel.errors import ProbeError
 from akto_collector.kernel.records import HDR_SIZE, KERNEL_COUNTERS, LEN_OFFSET
 from akto_collector.kernel.ringbuf import RingReader
-from akto_collector.tlslibs import KINDS
+from akto_collector.tlslibs import GO_DEFAULT_FD_LAYOUT, KINDS
 
 
 def probes_dir() -> Path:
@@ -43,6 +44,7 @@ class ProbeOptions:
     filter_tls_pids: bool = False
     ringbuf_pages: int = 16384  # 64 MiB: ~15k typical pairs of slack while the drain is late
     collector_tgid: int = 0  # the supervisor: never traced, from the first program attached
+    copy_limit: int = (1 << 20) + (64 << 10)  # bytes copied per call: the body limit and room for the head
 
     @classmethod
     def from_settings(cls, settings) -> ProbeOptions:
@@ -53,6 +55,7 @@ class ProbeOptions:
             disable_egress=settings.disable_egress,
             filter_tls_pids=not settings.probe_all_pid,
             collector_tgid=os.getpid(),
+            copy_limit=settings.max_body_bytes + (64 << 10),
         )
 
 
@@ -61,7 +64,16 @@ def program_text(opts: ProbeOptions) -> str:
     parts = [(d / "common.h").read_text(), (d / "socket_trace.c").read_text()]
     if opts.capture_tls:
         parts.append((d / "tls_trace.c").read_text())
+        parts.append((d / "go_tls.c").read_text())
     return "\n".join(parts)
+
+
+_TRACEPOINT = re.compile(r"^TRACEPOINT\((\w+), (\w+)\)", re.M)  # common.h's macro
+
+
+def tracepoints(text: str) -> list[tuple[str, str]]:
+    """The tracepoint programs of a program text: ("category:event", function name), in source order."""
+    return [(f"{cat}:{ev}", f"tp__{cat}__{ev}") for cat, ev in _TRACEPOINT.findall(text)]
 
 
 def cflags(opts: ProbeOptions) -> list[str]:
@@ -73,6 +85,8 @@ def cflags(opts: ProbeOptions) -> list[str]:
         f"-DFILTER_TLS_PIDS={int(opts.filter_tls_pids)}",
         f"-DRINGBUF_PAGES={opts.ringbuf_pages}",
         f"-DCOLLECTOR_TGID={opts.collector_tgid}",
+        f"-DCOPY_LIMIT={opts.copy_limit}",
+        *(f"-DGO_DEFAULT_{name.upper()}={value}" for name, value in GO_DEFAULT_FD_LAYOUT._asdict().items()),
         "-Wno-unused-function",
     ]
 
@@ -85,11 +99,27 @@ class Probes:
 
         self._BPF = BPF
         self.opts = opts
+        text = program_text(opts)
         try:
-            self.bpf = BPF(text=program_text(opts), cflags=cflags(opts))
+            self.bpf = BPF(text=text, cflags=cflags(opts))
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise ProbeError(f"loading the BPF programs failed: {exc}") from exc
         self.uprobes: dict[tuple[int, int], list[str]] = {}
+        try:
+            # The copying programs, reached by tail calls (common.h, emit_call).
+            for table, fn, kind in (("emit_tracepoints", b"emit_tracepoint", BPF.TRACEPOINT),
+                                    ("emit_uprobes", b"emit_uprobe", BPF.KPROBE)):
+                self.bpf.get_table(table)[ctypes.c_int(0)] = ctypes.c_int(self.bpf.load_func(fn, kind).fd)
+        except Exception as exc:  # noqa: BLE001 (bcc raises bare Exception)
+            self.bpf.cleanup()
+            raise ProbeError(f"loading the copying programs failed: {exc}") from exc
+        # Only now, with the copying programs in place, is any call traced.
+        for tp, fn in tracepoints(text):
+            try:
+                self.bpf.attach_tracepoint(tp=tp, fn_name=fn.encode())
+            except Exception as exc:  # noqa: BLE001 (bcc raises bare Exception)
+                self.bpf.cleanup()
+                raise ProbeError(f"attaching the tracepoint {tp} failed: {exc}") from exc
         try:
             self.ring = RingReader(self.bpf["events"].map_fd, opts.ringbuf_pages * mmap.PAGESIZE,
                                    head=HDR_SIZE, used_at=LEN_OFFSET)
@@ -177,6 +207,45 @@ class Probes:
             raise ProbeError("; ".join(errors) or f"no TLS symbols of kind {kind} in {path}")
         self.uprobes[key] = attached
         return attached
+
+    def attach_go(self, key: tuple[int, int], path: str, go) -> list[str]:
+        """Attach the Go crypto/tls probes of one executable (a ``goelf.GoTls``):
+        each function's entry, and every RET the disassembler confirmed (plain
+        uprobes there: a uretprobe would crash the Go program). Returns the
+        functions attached; raises ProbeError, with nothing left attached, when
+        any probe fails (half the RETs would lose returns silently)."""
+        if key in self.uprobes:
+            return self.uprobes[key]
+        done: list[tuple[int, str]] = []
+        try:
+            for fn, (sym, enter, ret) in zip(go.functions, KINDS["go"].probes):
+                for addr, prog in ((fn.entry, enter), *((r, ret) for r in fn.rets)):
+                    self.bpf.attach_uprobe(name=path, addr=addr, fn_name=prog)
+                    done.append((addr, prog))
+        except Exception as exc:  # bcc raises bare Exception
+            for addr, _ in done:
+                try:
+                    self.bpf.detach_uprobe(name=path, addr=addr)
+                except Exception:  # noqa: BLE001
+                    pass
+            raise ProbeError(f"{path}: attaching at 0x{addr:x} failed: {exc}") from exc
+        self.uprobes[key] = [fn.name for fn in go.functions]
+        return self.uprobes[key]
+
+    def set_go_layout(self, pid: int, layout) -> None:
+        """Tell the Go probes how to read the fd in process ``pid``. An entry
+        the kernel made itself with the same layout (the process ran before its
+        scan) is kept, with the net.Conn types it confirmed; a different one is
+        replaced, and its confirmations start afresh."""
+        table = self.bpf["go_procs"]
+        key = table.Key(pid)
+        old = table.get(key)
+        if old is not None and (old.conn, old.iface_data, old.tcpconn_fd, old.netfd_pfd, old.pfd_sysfd) == tuple(layout):
+            return  # as the kernel assumed: keep what it confirmed
+        leaf = table.Leaf()
+        leaf.conn, leaf.iface_data, leaf.tcpconn_fd = layout.conn, layout.iface_data, layout.tcpconn_fd
+        leaf.netfd_pfd, leaf.pfd_sysfd = layout.netfd_pfd, layout.pfd_sysfd
+        table[key] = leaf
 
     def close(self) -> None:
         """Detach everything: bcc closes the links and unloads the programs."""

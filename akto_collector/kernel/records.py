@@ -34,4 +34,10 @@ KERNEL_COUNTERS = {
     5: "kernel.skipped.egress",
     8: "kernel.skipped.plaintext_on_tls",
     9: "kernel.untraced_socket_bytes",
+    10: "kernel.dropped.copy_preempted",
+    11: "kernel.dropped.emit_unreached",
+    12: "kernel.go_tls.layout_confirmed",
+    13: "kernel.dropped.go_tls_unconfirmed",
+    14: "kernel.dropped.go_tls_layout_mismatch",
+    15: "kernel.go_tls.default_layout",
 }

@@ -30,14 +30,16 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class CoreLimits:
     """Bounds of the capture core, per connection (every parser honours them)."""
 
-    __slots__ = ("max_body_bytes", "max_head_bytes", "max_line_bytes", "max_pending")
+    __slots__ = ("max_body_bytes", "max_head_bytes", "max_line_bytes", "max_pending", "max_streams")
 
     def __init__(self, max_body_bytes: int = 1 << 20, max_head_bytes: int = 64 << 10,
-                 max_line_bytes: int = 16 << 10, max_pending: int = 32) -> None:
+                 max_line_bytes: int = 16 << 10, max_pending: int = 32, max_streams: int = 256) -> None:
         self.max_body_bytes = max_body_bytes  # body kept (and decompressed output) per message; beyond: cut
         self.max_head_bytes = max_head_bytes  # start line + header fields (a header block); beyond: dropped
         self.max_line_bytes = max_line_bytes  # a start line awaited while resyncing
-        self.max_pending = max_pending  # unanswered requests (open streams) per connection; beyond: oldest dropped
+        self.max_pending = max_pending  # HTTP/1: unanswered requests per connection; beyond: oldest dropped
+        # HTTP/2: streams open per connection (servers allow 100-250 at once); beyond: oldest dropped
+        self.max_streams = max_streams
 
     def __repr__(self) -> str:
         return f"CoreLimits(max_body_bytes={self.max_body_bytes}, max_head_bytes={self.max_head_bytes})"

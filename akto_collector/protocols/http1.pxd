@@ -1,33 +1,12 @@
 # Compiled form of http1.py (see docs/ARCHITECTURE.md, "Compiled core"):
-# the parser and the readers become extension types, so their fields are C
-# struct members instead of slot lookups. Keep each attribute list equal to
-# the class's __slots__ (a unit test checks).
-
-cdef class MessageReader
+# the parser becomes an extension type, so its fields are C struct members
+# instead of slot lookups. Keep the attribute list equal to the class's
+# __slots__ (a unit test checks).
 
 cdef class Http1Parser:
-    cdef public object conn, role, tls, out, pending, switch, _counters, _max_pending, _readers, _requests
+    cdef public object conn, role, tls, out, pending, early, switch, _counters, _max_pending, _readers, _requests
 
     cpdef feed(self, direction, data, ts, call_start)
     cpdef take(self)
     cpdef method_for_response(self)
     cpdef message_done(self, msg, is_request, upgrade)
-
-cdef class MessageReader:
-    cdef public object kind, direction, _limits, _counters
-    cdef public Http1Parser _owner
-    cdef public object _state, _buf, _buf_ts, _scan, _line_ok, _line_start
-    cdef public object _msg, _is_req, _parts, _kept, _size, _cut, _remaining
-    cdef public object _coding, _taken, _upgrade, _alts, _alt_ts, _candidate
-
-    # Called per message: C calls instead of method lookups (still callable from Python).
-    cpdef _reset_message(self)
-    cpdef feed(self, data, ts, call_start=*)
-    cpdef _read_head(self, b, i, n, old, ts)
-    cpdef _parse_head(self, raw, ts)
-    cpdef _frame_body(self, framing, cl)
-    cpdef _take(self, b, i, j)
-    cpdef _read_chunk_size(self, b, i, n)
-    cpdef _read_chunk_end(self, b, i, n)
-    cpdef _complete(self)
-    cpdef _finish(self, msg, body, size)

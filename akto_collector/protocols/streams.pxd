@@ -3,6 +3,6 @@
 
 cdef class ConnectionStream:
     cdef public object conn, limits, tls, finished, last_seen, proto
-    cdef public object _counters, _role_hint, _plain_seen, _pos, _parser
+    cdef public object _counters, _role_hint, _plain_seen, _pos, _parser, _guessed
 
     cpdef on_event(self, ev)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from akto_collector.events import FLAG_CUT, FLAG_TLS, ROLE_UNKNOWN, ConnId, DataEvent, Exchange
 from akto_collector.protocols import H2_PREFACE, PROTO_HTTP1, PROTO_HTTP2, PROTO_OTHER, PROTO_UNKNOWN, CoreLimits
 from akto_collector.protocols.http1 import Http1Parser
+from akto_collector.protocols.h2frames import plausible_frame
 from akto_collector.protocols.http2 import Http2Parser
 
 __all__ = ["ConnectionStream", "CoreLimits"]
@@ -37,7 +38,7 @@ class ConnectionStream:
 
     __slots__ = (
         "conn", "limits", "tls", "finished", "last_seen", "proto",
-        "_counters", "_role_hint", "_plain_seen", "_pos", "_parser",
+        "_counters", "_role_hint", "_plain_seen", "_pos", "_parser", "_guessed",
     )
 
     def __init__(self, conn: ConnId, limits: CoreLimits, counters, role_hint: int = ROLE_UNKNOWN):
@@ -56,6 +57,7 @@ class ConnectionStream:
         self.proto = PROTO_UNKNOWN
         self._pos = [0, 0]  # next expected stream position per direction (the kernel counts from 0)
         self._parser = None  # chosen at the first bytes
+        self._guessed = False  # chosen without the kernel's word (which then wins, once, when it comes)
 
     @property
     def role(self) -> int:
@@ -69,11 +71,17 @@ class ConnectionStream:
         return parser.buffered if parser is not None else 0
 
     def _choose(self, ev: DataEvent):
-        """The parser of the connection's protocol: the kernel's word, else the first bytes'."""
+        """The parser of the connection's protocol: the kernel's word, else the
+        first bytes' (the HTTP/2 preface, or a plausible frame header: a
+        server's first write is its SETTINGS frame, which alone the kernel
+        cannot call HTTP/2), else HTTP/1."""
         proto = ev.proto
         if proto == PROTO_UNKNOWN:
             data = ev.data
-            proto = PROTO_HTTP2 if ev.offset == 0 and len(data) >= 3 and H2_PREFACE.startswith(data[:24]) else PROTO_HTTP1
+            h2 = ev.offset == 0 and ((len(data) >= 3 and H2_PREFACE.startswith(data[:24]))
+                                     or (len(data) >= 9 and plausible_frame(data, 0) >= 0))
+            proto = PROTO_HTTP2 if h2 else PROTO_HTTP1
+            self._guessed = True
         self.proto = proto
         cls = Http2Parser if proto == PROTO_HTTP2 else Http1Parser
         self._parser = cls(self.conn, self.limits, self._counters, self._role_hint, self.tls)
@@ -82,7 +90,8 @@ class ConnectionStream:
     def on_event(self, ev: DataEvent) -> list[Exchange]:
         if self.finished:
             return []
-        self.last_seen = ev.ts
+        if ev.ts > self.last_seen:  # a send is dated at its start: it may be older than the last record
+            self.last_seen = ev.ts
         counters = self._counters
         flags = ev.flags
         data = ev.data
@@ -100,7 +109,12 @@ class ConnectionStream:
             self._plain_seen = True
 
         parser = self._parser
-        if parser is None:
+        if parser is None or (self._guessed and ev.proto and ev.proto != self.proto):
+            if parser is not None:
+                counters["stream.protocol_corrected"] += 1  # the guess was wrong: the kernel's word wins
+                parser.expire()
+                parser.take()
+                self._guessed = False
             parser = self._choose(ev)
         d = ev.direction
         start = ev.call_pos + ev.offset
@@ -171,16 +185,27 @@ class ConnectionStream:
         parser.close()
         return parser.take()
 
-    def expire(self) -> None:
-        """Idle: drop half messages and unanswered requests (counted), start afresh.
+    def expire_idle(self, now: float, idle: float) -> list[Exchange]:
+        """Streams of a multiplexed protocol (HTTP/2) idle for ``idle`` seconds
+        are finished with what was seen, marked; returns them."""
+        parser = self._parser
+        if parser is None:
+            return []
+        parser.expire_idle(now, idle)
+        return parser.take()
 
-        A late byte on this connection then starts a new stream that resyncs.
-        """
+    def expire(self) -> list[Exchange]:
+        """Idle: what can be emitted is (HTTP/2 streams that have their response,
+        marked), the rest is dropped (half messages and unanswered requests,
+        counted); start afresh. A late byte on this connection then starts a
+        new stream that resyncs."""
+        out = self.expire_idle(float("inf"), 0.0) if self._parser is not None else []
         self._release()
         self._plain_seen = False
         self.tls = False
         if not self.finished:
             self._start()
+        return out
 
     def _release(self) -> None:
         if self._parser is not None:

@@ -30,11 +30,14 @@ from typing import Iterable, NamedTuple
 from akto_collector.procfs import process_comm, process_start_time, read_stat  # noqa: F401 (re-exported)
 from akto_collector.supervisor.elf import ElfInfo
 from akto_collector.supervisor.elf import analyse_elf as _analyse_elf
+from akto_collector.supervisor.goelf import GoRefusal, GoTls
+from akto_collector.supervisor.goelf import analyse_go as _analyse_go
 from akto_collector.tlslibs import (
     GNUTLS,
     KIND_BORINGSSL,
     KIND_BORINGSSL_STATIC,
     KIND_GNUTLS,
+    KIND_GO,
     KIND_NSS,
     KIND_OPENSSL,
     KIND_OPENSSL_STATIC,
@@ -50,7 +53,6 @@ SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/l
                    "/usr/local/lib", "/usr/lib/aarch64-linux-gnu")
 
 REASON_JAVA = "java: TLS in JSSE is not captured"
-REASON_GO = "go: crypto/tls is not captured (no uprobes for Go ABI yet)"
 REASON_STRIPPED = (
     "static: {lib} is linked into the executable but its SSL_read/SSL_write "
     "symbols are stripped"
@@ -120,6 +122,7 @@ class TlsLibrary:
     ino: int
     pids: set[int] = field(default_factory=set)
     addresses: dict[str, int] = field(default_factory=dict)
+    go: GoTls | None = None  # a Go executable's analysis: where its probes go, how to read its fd
 
     @property
     def key(self) -> tuple[int, int]:
@@ -269,7 +272,12 @@ class ProcessScanner:
                 path = self._exe_path(base, exe_link, exe_st)
                 self._add(result, path, kind, info.openssl_version, info, exe_st, pid)
         elif info.go and info.go_tls:
-            unsupported(REASON_GO)
+            go = self._go(key, f"{base}/exe", used_keys)
+            if isinstance(go, GoRefusal):
+                unsupported(f"go: {go.reason}")
+            elif go is not None:
+                path = self._exe_path(base, exe_link, exe_st)
+                self._add(result, path, KIND_GO, go.version, ElfInfo({}), exe_st, pid, go)
         elif info.stripped_static and not found_lib:
             lib = "BoringSSL" if info.boringssl else f"OpenSSL {info.openssl_version}"
             unsupported(REASON_STRIPPED.format(lib=lib))
@@ -358,6 +366,14 @@ class ProcessScanner:
                 return info.openssl_version
         return ""
 
+    def _go(self, key, path: str, used_keys) -> GoTls | GoRefusal | None:
+        """A Go executable's analysis (cached by file identity, as every ELF one)."""
+        gokey = key + ("go",)
+        used_keys.add(gokey)
+        if gokey not in self._elf_cache:
+            self._elf_cache[gokey] = _analyse_go(path)
+        return self._elf_cache[gokey]
+
     def _elf(self, key, path: str, names: tuple[str, ...], mode: str) -> ElfInfo:
         info = self._elf_cache.get(key)
         if info is None:
@@ -411,7 +427,7 @@ class ProcessScanner:
         return result
 
     @staticmethod
-    def _add(result: ScanResult, path, kind, version, info: ElfInfo, st, pid) -> None:
+    def _add(result: ScanResult, path, kind, version, info: ElfInfo, st, pid, go: GoTls | None = None) -> None:
         key = (st.st_dev, st.st_ino)
         lib = result.libraries.get(key)
         if lib is None:
@@ -419,10 +435,12 @@ class ProcessScanner:
                 path=path,
                 kind=kind,
                 version=version,
-                symbols=tuple(n for n in KINDS[kind].symbols if n in info.symbols),
+                symbols=KINDS[kind].symbols if go is not None else tuple(n for n in KINDS[kind].symbols
+                                                                         if n in info.symbols),
                 dev=st.st_dev,
                 ino=st.st_ino,
-                addresses=dict(info.symbols),
+                addresses=dict(info.symbols) if go is None else {f.name: f.entry for f in go.functions},
+                go=go,
             )
             result.libraries[key] = lib
         lib.pids.add(pid)

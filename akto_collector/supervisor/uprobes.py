@@ -122,18 +122,27 @@ class UprobeManager:
                 if not self.settings.probe_all_pid:
                     for pid in lib.pids:
                         probes.allow_tls_pid(pid)
+                if lib.go is not None:
+                    for pid in lib.pids:  # each process of the executable learns how to read its fd
+                        probes.set_go_layout(pid, lib.go.fd_layout)
                 if key in probes.uprobes:
                     continue
                 try:
-                    attached = probes.attach_tls(key, lib.path, lib.kind, lib.symbols)
+                    if lib.go is not None:
+                        attached = probes.attach_go(key, lib.path, lib.go)
+                    else:
+                        attached = probes.attach_tls(key, lib.path, lib.kind, lib.symbols)
                 except ProbeError as exc:
                     self.counters["uprobe.attach_failed"] += 1
                     self.log.warning("uprobe_attach_failed", library=lib.path, kind=lib.kind,
                                      pids=sorted(lib.pids)[:10], error=str(exc), retry="next scan")
                     continue
                 comms = sorted({process_comm("/proc", p) for p in list(lib.pids)[:5]})
+                go = {} if lib.go is None else {
+                    "stripped": lib.go.stripped, "pie": lib.go.pie, "functions_found_by": lib.go.how_found,
+                    "fd_layout": lib.go.fd_layout_source, "rets": [len(f.rets) for f in lib.go.functions]}
                 self.log.info("uprobe_attached", library=lib.path, kind=lib.kind, version=lib.version,
-                              symbols=attached, pids=sorted(lib.pids)[:10], comm=comms)
+                              symbols=attached, pids=sorted(lib.pids)[:10], comm=comms, **go)
             for key, lib in result.libraries.items():
                 if key in probes.uprobes and lib.pids:
                     self._covered.setdefault(key, set()).update(lib.pids)

@@ -42,6 +42,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, gzip.compress(b'{"compressed": true}'), extra=[("Content-Encoding", "gzip")])
         elif path == "/empty":
             self._send(204)
+        elif path == "/document":
+            # A JSON document of about n bytes, written (after the head) in one call.
+            n = int(self.path.split("n=")[1])
+            self._send(200, json.dumps({"items": ["%08d" % i for i in range(n // 11)]}).encode())
         elif path.startswith("/big"):
             n = int(self.path.split("n=")[1]) if "n=" in self.path else 5_000_000
             self._send(200, b"x" * n, ctype="text/plain")

@@ -149,6 +149,17 @@ def start_collector(ebpf_available, tmp_path):
 
 
 @pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    """A self-signed certificate for localhost and 127.0.0.1: (cert.pem, key.pem)."""
+    d = tmp_path_factory.mktemp("tls")
+    crt, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+    return str(crt), str(key)
+
+
+@pytest.fixture(scope="module")
 def collector(ebpf_available, tmp_path_factory):
     """One collector shared by a module's tests (loading BPF takes seconds)."""
     c = Collector(tmp_path_factory.mktemp("collector"))
@@ -181,11 +192,13 @@ class PyServer:
 class Nginx:
     """nginx on a loopback port with one `location` answering JSON, plain or TLS."""
 
-    def __init__(self, tmp: Path, location: str, body: str, cert: tuple[str, str] | None = None):
+    def __init__(self, tmp: Path, location: str, body: str, cert: tuple[str, str] | None = None,
+                 http2: bool = False, proxy_to: int | None = None):
         if not os.path.exists("/usr/sbin/nginx"):
             pytest.fail("nginx missing: make test-deps installs it")
         self.port = free_port()
-        tls = f"ssl; ssl_certificate {cert[0]}; ssl_certificate_key {cert[1]};" if cert else ";"
+        h2 = " http2" if http2 else ""  # nginx 1.22: `listen ... ssl http2`, `listen ... http2` (cleartext)
+        tls = f"ssl{h2}; ssl_certificate {cert[0]}; ssl_certificate_key {cert[1]};" if cert else f"{h2};"
         conf = tmp / "nginx.conf"
         conf.write_text(f"""
 daemon off; worker_processes 1; error_log {tmp}/error.log; pid {tmp}/nginx.pid;
@@ -196,7 +209,8 @@ http {{
   uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
   server {{
     listen 127.0.0.1:{self.port} {tls}
-    location {location} {{ default_type application/json; return 200 '{body}'; }}
+    location {location} {{ {f"proxy_pass http://127.0.0.1:{proxy_to};" if proxy_to else
+                            f"default_type application/json; return 200 '{body}';"} }}
   }}
 }}
 """)

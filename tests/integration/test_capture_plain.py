@@ -126,6 +126,26 @@ def test_large_body_is_cut_and_flagged(collector, app):
     assert p["responsePayload"].startswith("xxxx")
 
 
+def test_900kb_document_written_in_one_call_arrives_whole(collector, app):
+    # The server writes the body with one send() of ~900 KB, the client sends a ~900 KB body with one
+    # sendall(): both are copied whole (no per-call cap below AKTO_MAX_BODY_BYTES, 1 MiB by default).
+    doc = json.dumps({"items": ["%08d" % i for i in range(900_000 // 11)]})
+    r = run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{app.port}/document?n=900000"])
+    assert r.returncode == 0
+    for direction in ("1", "2"):
+        p = collector.wait_pairs(for_path("/document?n=900000", direction), timeout=20)[0]
+        assert p["responsePayloadCut"] == "false" and p["responsePayloadSize"] == str(len(doc))
+        assert p["responsePayload"] == doc
+    body = b'{"blob":"' + b"y" * 900_000 + b'"}'
+    c = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+    c.request("POST", "/upload-900k", body=body, headers={"Content-Type": "application/json"})
+    assert c.getresponse().read()
+    c.close()
+    for direction in ("1", "2"):
+        p = collector.wait_pairs(for_path("/upload-900k", direction), timeout=20)[0]
+        assert p["requestPayloadCut"] == "false" and p["requestPayload"] == body.decode()
+
+
 def test_not_http_server_produces_nothing(collector, app):
     before = collector.stats().get("kernel.not_http_connections", 0)
     port = free_port()

@@ -20,16 +20,6 @@ pytestmark = pytest.mark.ebpf
 APP = str(Path(__file__).with_name("app_server.py"))
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    crt, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
-    return str(crt), str(key)
-
-
 def start_tls_app(cert) -> PyServer:
     script = (f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:] + [{cert[0]!r}, {cert[1]!r}]; "
               f"runpy.run_path({APP!r}, run_name='__main__')")
@@ -97,6 +87,16 @@ def test_keep_alive_chunked_gzip_over_tls(collector, tls_app):
     assert gz and json.loads(gz[0]["responsePayload"]) == {"compressed": True}
     for p in got:
         no_tls_records(p)
+
+
+def test_900kb_tls_document_written_in_one_call_arrives_whole(collector, tls_app):
+    # Python's SSL_write of the whole body: one uprobe return of ~900 KB, copied whole.
+    doc = json.dumps({"items": ["%08d" % i for i in range(900_000 // 11)]})
+    r = run(["curl", "-sk", "-o", "/dev/null", f"https://127.0.0.1:{tls_app.port}/document?n=900000"])
+    assert r.returncode == 0
+    for direction in ("1", "2"):
+        p = collector.wait_pairs(for_path("/document?n=900000", direction), timeout=20)[0]
+        assert p["responsePayloadCut"] == "false" and p["responsePayload"] == doc and p["tls"] == "true"
 
 
 def test_large_tls_body_cut_and_flagged(collector, tls_app):

@@ -9,7 +9,6 @@ disk) and bring it back on the same port.
 from __future__ import annotations
 
 import time
-import types
 from collections import Counter, defaultdict
 
 import orjson

@@ -83,3 +83,18 @@ def test_flags_roles_and_directions_match_the_events_module():
     assert defines("ROLE_") == {"ROLE_UNKNOWN": events.ROLE_UNKNOWN, "ROLE_SERVER": events.ROLE_SERVER,
                                 "ROLE_CLIENT": events.ROLE_CLIENT}
     assert defines("DIR_") == {"DIR_SEND": events.SEND, "DIR_RECV": events.RECV}
+
+
+def test_every_tracepoint_program_is_attached_by_the_loader_once_the_copying_programs_are_in_place():
+    from akto_collector.kernel.loader import ProbeOptions, program_text, tracepoints
+
+    text = program_text(ProbeOptions())
+    # bcc attaches a TRACEPOINT_PROBE while loading, before the program arrays are filled.
+    assert "TRACEPOINT_PROBE(" not in text.replace("TRACEPOINT_PROBE:", "")
+    found = tracepoints(text)
+    names = {tp for tp, _ in found}
+    assert len(names) == len(found)  # each once
+    assert {"syscalls:sys_enter_read", "syscalls:sys_exit_write", "sock:sock_recv_length",
+            "sched:sched_process_exec"} <= names
+    assert all(fn == "tp__" + tp.replace(":", "__") for tp, fn in found)
+    assert all(f"TRACEPOINT({tp.replace(':', ', ')})" in text for tp in names)

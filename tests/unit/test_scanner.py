@@ -19,7 +19,6 @@ from akto_collector.supervisor.scanner import (
     KIND_NSS,
     KIND_OPENSSL,
     KIND_OPENSSL_STATIC,
-    REASON_GO,
     REASON_JAVA,
     ProcessScanner,
     ScanError,
@@ -380,19 +379,24 @@ def test_dynamically_linked_exe_with_openssl_text_is_not_static(fake, elfs):
 
 
 @needs_gcc
-def test_go_with_crypto_tls_reported_once_per_process(fake, elfs):
+def test_go_with_crypto_tls_that_cannot_be_analysed_is_reported_once_per_process(fake, elfs):
+    # A C file dressed with Go's section names: a Go program whose functions
+    # cannot be located is refused with the reason (real Go binaries:
+    # test_goelf.py, test_capture_go.py).
     root = fake.rootfs("r", {"/app/gosrv": elfs["go-tls"], "/app/gotool": elfs["go-plain"]})
     fake.add(13, root, "/app/gosrv")
     fake.add(14, root, "/app/gotool")
     s = fake.scanner()
     first = s.scan()
-    assert first.unsupported == [(13, "gosrv", REASON_GO)]
+    assert [(u.pid, u.comm) for u in first.unsupported] == [(13, "gosrv")]
+    reason = first.unsupported[0].reason
+    assert reason.startswith("go: ")
     assert first.libraries == {}
     assert s.scan().unsupported == []
     assert s.scan(pids=[13]).unsupported == []
     # Same pid, new process (pid reused or restarted): reported again.
     fake.add(13, root, "/app/gosrv", start=999999)
-    assert s.scan().unsupported == [(13, "gosrv", REASON_GO)]
+    assert s.scan().unsupported == [(13, "gosrv", reason)]
 
 
 @needs_gcc

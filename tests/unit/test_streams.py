@@ -216,3 +216,36 @@ def test_head_too_large_resyncs():
     cs.on_event(w.call(RECV, REQ))
     (ex,) = cs.on_event(w.call(SEND, resp(b"ok")))
     assert ex.request.target == "/a"
+
+
+# -- a client's response read before its request's write was emitted -------------------
+# The kernel dates a send at its call's start and a receive at its return, so the
+# request is never later than its response, whichever record comes first.
+
+
+def test_a_response_that_arrives_before_its_request_is_paired_with_it():
+    cs, counters, w = stream(ROLE_CLIENT)
+    assert cs.on_event(w.call(RECV, resp(b"first"), ts=2.0)) == []
+    (ex,) = cs.on_event(w.call(SEND, REQ, ts=1.0))
+    assert ex.request.target == "/a" and ex.response.body == b"first"
+    # Two at once (pipelined), then the usual order again.
+    out = cs.on_event(w.call(RECV, resp(b"r2") + resp(b"r3"), ts=4.0))
+    out += cs.on_event(w.call(SEND, b"GET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n", ts=3.0))
+    out += cs.on_event(w.call(SEND, b"GET /4 HTTP/1.1\r\n\r\n", ts=5.0))
+    out += cs.on_event(w.call(RECV, resp(b"r4"), ts=6.0))
+    assert [(e.request.target, e.response.body) for e in out] == [("/2", b"r2"), ("/3", b"r3"), ("/4", b"r4")]
+    assert not +counters - Counter({k: v for k, v in counters.items() if not k.startswith("http.un")})
+
+
+def test_a_response_read_before_the_next_request_was_written_is_unpaired():
+    # Joined mid-way: the answer to a request the collector never saw, then the next exchange.
+    cs, counters, w = stream(ROLE_CLIENT)
+    assert cs.on_event(w.call(RECV, resp(b"stale"), ts=1.0)) == []
+    assert cs.on_event(w.call(SEND, REQ, ts=2.0)) == []
+    (ex,) = cs.on_event(w.call(RECV, resp(b"fresh"), ts=3.0))
+    assert ex.response.body == b"fresh" and counters["http.unpaired_response"] == 1
+    # An early response still waiting when the connection goes idle is counted.
+    assert cs.on_event(w.call(RECV, resp(b"orphan"), ts=4.0)) == []
+    assert cs.buffered >= len(b"orphan")
+    cs.expire()
+    assert counters["http.unpaired_response"] == 2

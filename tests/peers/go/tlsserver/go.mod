@@ -1,0 +1,3 @@
+module tlsserver
+
+go 1.19
