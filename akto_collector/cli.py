@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output", default="-", help="where JSON lines go without Kafka (default: - = stdout)")
     run.add_argument("--dump-bpf", action="store_true", help="print the BPF program that would be loaded, and exit")
     sub.add_parser("version", help="print the version")
-    sub.add_parser("doctor", help="check that this host can run the collector")
+    doctor = sub.add_parser("doctor", help="check that this host can run the collector; exit 0 when capture can work")
+    doctor.add_argument("--json", action="store_true", help="one JSON document instead of lines")
     args = parser.parse_args(argv)
 
     if args.command == "version":
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from akto_collector.doctor import run_checks
 
-        return run_checks(settings)
+        return run_checks(settings, as_json=args.json)
 
     if args.dump_bpf:
         from akto_collector.kernel import loader

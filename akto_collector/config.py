@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import math
 import os
 import re
 import socket
@@ -34,6 +35,7 @@ from typing import Any
 from akto_collector import __version__
 from akto_collector.addresses import parse_host_port, parse_host_port_list
 from akto_collector.filters import parse_discovery_config
+from akto_collector.tags import parse_inject_tags
 
 MAX_WORKERS = 64
 # The connection limit also sizes kernel maps; beyond this a typo (an extra
@@ -196,11 +198,17 @@ class Computed:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, which honours cpusets)."""
+    """CPUs this process may use: its affinity (which honours cpusets), and
+    no more than its cgroup's CPU quota rounded up (a DaemonSet's
+    ``limits.cpu: 500m`` gives one worker: more would only be throttled)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    from akto_collector import cgroups  # noqa: PLC0415 (reads /sys only here)
+
+    quota = cgroups.cpu_quota(cgroups.own_dirs("cpu"))
+    return max(1, min(n, math.ceil(quota))) if quota else n
 
 
 def default_workers(cpu_count: int | None = None) -> int:
@@ -294,6 +302,28 @@ def read_env_file(path: str) -> dict[str, str]:
     return out
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 token)
+
+
+def _header_names(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    bad = [n for n in names if not _TOKEN.fullmatch(n)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a header name; expected header names separated by commas")
+    return names
+
+
+def _json_keys(raw: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k.strip().lower() for k in raw.split(",") if k.strip()))
+
+
+def _ring_mb(raw: str) -> int:
+    n = int(raw) if raw.strip().isdigit() else 0
+    if not 1 <= n <= 1024 or n & (n - 1):
+        raise ValueError("expected a power of two from 1 to 1024 (MB)")
+    return n
+
+
 def _compression(raw: str) -> str:
     name = Choice(KAFKA_COMPRESSIONS).read(raw)
     module = KAFKA_COMPRESSION_MODULES[name]
@@ -361,6 +391,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AKTO_MAX_BODY_BYTES", "max_body_bytes", Whole(0, unit="bytes"), 1 << 20,
              "Bytes of a request or response body kept; the rest is cut and the message marked.",
              CAPTURE, "protocols (`CoreLimits`)", default_doc="`1048576` (1 MiB)"),
+    Variable("AKTO_SOCK_TRACEPOINTS", "sock_tracepoints", Choice(("auto", "on", "off")), "auto",
+             "Where plaintext socket data is taken: `auto` uses the `sock:sock_{send,recv}_length` "
+             "tracepoints when the kernel has them (Linux 6.3+; calls on files and pipes then cost nothing) "
+             "and the read/write syscall tracepoints otherwise (every read and write pays a little; "
+             "connections opened before the collector are taken when their data starts like HTTP); `off` "
+             "forces the syscall path; `on` refuses to start without the tracepoints (exit 3).",
+             CAPTURE, "kernel (which programs are attached)"),
     # Limits
     Variable("TRAFFIC_INACTIVITY_THRESHOLD", "inactivity_threshold", Positive("seconds"), 30.0,
              "Seconds without bytes after which a connection is finished and forgotten; a late byte starts "
@@ -372,12 +409,18 @@ VARIABLES: tuple[Variable, ...] = (
              "MB of traffic held at once: records queued for the workers, their stream buffers and the "
              "sink's queue together; beyond it the oldest is dropped and counted.", LIMITS,
              "supervisor (queues), worker, sinks"),
+    Variable("AKTO_RING_BUFFER_MB", "ring_buffer_mb", Parsed(_ring_mb, "power of two from 1 to 1024 (MB)"), 64,
+             "MB of the kernel's ring buffer, where records wait for the supervisor. Charged to the pod's "
+             "memory cgroup (not to any process's RSS). When it fills past half, new connections are shed "
+             "(tracked, counted, not copied) until it drains below a quarter.", LIMITS,
+             "kernel (map size), supervisor (shedding)"),
     Variable("AKTO_MEM_THRESH_RESTART", "mem_thresh_restart_mb", Whole(1, unit="MB"), 800,
              "MB of memory (private memory of supervisor and workers) beyond which the collector flushes, "
              "detaches and restarts itself. Keep the container's memory limit above it.",
              LIMITS, "supervisor (memory guard)"),
     Variable("AKTO_WORKERS", "workers", Whole(1, MAX_WORKERS), Computed(lambda m: default_workers(m.cpu_count),
-             f"CPUs this process may use (its affinity), at most {MAX_WORKERS}"),
+             f"CPUs this process may use (its affinity, and its cgroup's CPU quota rounded up), at most "
+             f"{MAX_WORKERS}"),
              "Worker processes (each owns a shard of the connections).", LIMITS, "supervisor"),
     # Where the traffic goes
     Variable("AKTO_KAFKA_BROKER_MAL", "kafka_brokers", Parsed(_broker_list, "`host:port[,host:port...]`; IPv6 as "
@@ -432,6 +475,35 @@ VARIABLES: tuple[Variable, ...] = (
              "DaemonSet sets it from the downward API.", IDENTITY, "heartbeats, logs", default_doc="empty"),
     Variable("AKTO_IMAGE_VERSION", "image_version", Text(), f"akto-collector:{__version__}",
              "`imageVersion` of every heartbeat (the DaemonSet sets the image it runs).", IDENTITY, "heartbeats"),
+    Variable("AKTO_INJECT_TAGS", "inject_tags", Parsed(parse_inject_tags, "`key=value` pairs separated by `;`, "
+             "each key once, without spaces or quotes"), (),
+             "Fixed tags added to the `tag` of every message (Akto's collector's syntax, e.g. "
+             "`env=prod;team=payments`); a pod's labels and keys win over them. Outside Kubernetes, the only tags.",
+             IDENTITY, "supervisor (`tags`)", default_doc="none"),
+    Variable("AKTO_K8_METADATA_CAPTURE", "k8s_metadata_capture", Boolean(), False,
+             "Add the pod's labels to `tag`, and take its name, namespace and containers' names from the "
+             "Kubernetes API (the pods of `NODE_NAME`, listed and watched; needs `get`, `list` and `watch` "
+             "on pods). Without it the pod's UID, container id, namespace and name still come from /proc "
+             "(see [docs/message.md](message.md#tag)).",
+             IDENTITY, "supervisor (`podwatch` thread); failures counted as `k8s.*`, never fatal"),
+    Variable("AKTO_K8_SERVICE_ACCOUNT_DIR", "k8s_service_account_dir", Text(),
+             "/var/run/secrets/kubernetes.io/serviceaccount",
+             "Where the API credentials are, with `AKTO_K8_METADATA_CAPTURE`: the service account's `token` "
+             "and `ca.crt` (the API's address is `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`, as for "
+             "any in-cluster client).", IDENTITY, "supervisor (`podwatch`)"),
+    Variable("AKTO_REDACT_HEADERS", "redact_headers",
+             Parsed(_header_names, "header names separated by commas (any case)"), (),
+             "Headers whose values are replaced by `<redacted>` in every message, request and response, "
+             "HTTP/1 and HTTP/2/gRPC (e.g. `authorization,cookie,set-cookie`). Off by default: Akto's API "
+             "tests replay the captured requests, auth headers included. See "
+             "[docs/message.md](message.md#redaction).", IDENTITY, "`redact`, in the worker",
+             default_doc="none"),
+    Variable("AKTO_REDACT_JSON_KEYS", "redact_json_keys",
+             Parsed(_json_keys, "keys separated by commas (any case)"), (),
+             "Object keys whose values are replaced by `<redacted>` at any depth of JSON bodies, and form "
+             "fields of the same names in form bodies (e.g. `password,token`). Off by default.",
+             IDENTITY, "`redact`, in the worker; `redact.body_not_json` counts bodies left as they were",
+             default_doc="none"),
     # Operation
     Variable("AKTO_LOG_LEVEL", "log_level", Choice(LOG_LEVELS, {"warn": "warning"}), "info",
              "Least severe log level written (`warn` means `warning`).", OPERATION, "`logs`"),
@@ -445,7 +517,7 @@ VARIABLES: tuple[Variable, ...] = (
              "downward API).", OPERATION, "supervisor (health)", empty=""),
     Variable("AKTO_ENV_FILE", "env_file", Parsed(_env_file, "path of a readable file of `NAME=value` lines"), "",
              "A file of `NAME=value` lines read over the starting environment, at start and at every SIGHUP "
-             "(the systemd unit's EnvironmentFile, or a ConfigMap mounted as a file). On SIGHUP the new "
+             "(the file the systemd unit names in it, or a ConfigMap mounted as a file). On SIGHUP the new "
              "configuration is validated first: bad, the old one keeps running; good, the collector re-execs "
              "with it.", OPERATION, "supervisor (reload)", default_doc="unset"),
 )
@@ -664,13 +736,34 @@ def markdown_tables() -> str:
     return "\n".join(out) + "\n"
 
 
+README_BEGIN = "<!-- every variable: made by `make docs` from akto_collector/config.py; do not edit -->"
+README_END = "<!-- end of every variable -->"
+
+
+def _first_sentence(doc: str) -> str:
+    m = re.match(r"(.+?)[.;](?=\s+[A-Z]|$)", doc)  # not at "e.g. `x`"
+    return m.group(1) if m else doc
+
+
+def readme_table() -> str:
+    """The README's short table of every variable: name, default, first sentence."""
+    out = [README_BEGIN, "", "| variable | default | what it does |", "|---|---|---|"]
+    for v in VARIABLES:
+        out.append(f"| `{v.name}` | {_default_text(v)} | {_first_sentence(v.doc)} |")
+    out += ["", README_END]
+    return "\n".join(out) + "\n"
+
+
 def update_docs(path: str) -> None:
-    """Replace the variable tables of a markdown file (between DOCS_BEGIN and DOCS_END)."""
+    """Replace the variable tables of a markdown file: the full ones (between
+    DOCS_BEGIN and DOCS_END) or the README's short one."""
     with open(path, encoding="utf-8") as fh:
         doc = fh.read()
-    start, end = doc.index(DOCS_BEGIN), doc.index(DOCS_END) + len(DOCS_END) + 1
+    begin, end_mark, made = (DOCS_BEGIN, DOCS_END, markdown_tables()) if DOCS_BEGIN in doc else \
+        (README_BEGIN, README_END, readme_table())
+    start, end = doc.index(begin), doc.index(end_mark) + len(end_mark) + 1
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(doc[:start] + markdown_tables() + doc[end:])
+        fh.write(doc[:start] + made + doc[end:])
 
 
 if __name__ == "__main__":
@@ -679,4 +772,4 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "--update":
         update_docs(sys.argv[2])
     else:
-        sys.exit("usage: python -m akto_collector.config --markdown | --update docs/configuration.md")
+        sys.exit("usage: python -m akto_collector.config --markdown | --update docs/configuration.md|README.md")

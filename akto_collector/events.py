@@ -7,7 +7,7 @@ properties, no imports of the rest of the package. The pure modules
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 # Direction of bytes, seen from the traced process.
@@ -139,4 +139,6 @@ class ConnMeta:
     comm: str = ""
     local: str = ""  # this process's own "address:port"
     peer: str = ""  # the other end's "address:port"
-    tags: dict[str, str] = field(default_factory=dict)
+    # The message's "tag": a JSON object string made by the supervisor
+    # (akto_collector/tags.py), shared by every connection of the process.
+    tag: str = "{}"

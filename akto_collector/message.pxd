@@ -5,7 +5,7 @@ cimport cython
 from akto_collector.events cimport Exchange, HttpRequest, HttpResponse
 
 cdef class MessageEncoder:
-    cdef public object _account_id, _vxlan_id, _daemonset_id, _conns
+    cdef public object _account_id, _vxlan_id, _daemonset_id, _conns, _redactor
 
     # The pair's fields are C struct members: read directly, not looked up.
     @cython.locals(exchange=Exchange, req=HttpRequest, resp=HttpResponse)

@@ -5,6 +5,9 @@ data processor expects. Cut bodies are marked (``requestPayloadCut``,
 ``requestPayloadSize`` and the same for the response) and a cut body that
 looks like JSON is replaced by a short marker, because the consumer drops the
 whole sample when a JSON-looking request body lacks its closing bracket.
+``ip`` is the client end of the call and ``destIp`` the server end, in both
+directions; ``tag`` is the process's (``ConnMeta.tag``, akto_collector/tags.py);
+the listed headers and body keys are redacted when so configured (``redact``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import orjson
 
 from akto_collector.addresses import host_of
 from akto_collector.events import ROLE_CLIENT, ConnMeta, Exchange
+from akto_collector.redact import Redactor
 
 # How the values of a header sent several times are joined. Set-Cookie values
 # contain commas themselves (Expires=Wed, 21 Oct ...), so ", " would make them
@@ -47,16 +51,18 @@ class MessageEncoder:
     constant fields are serialized once per connection and cached.
     """
 
-    __slots__ = ("_account_id", "_vxlan_id", "_daemonset_id", "_conns")
+    __slots__ = ("_account_id", "_vxlan_id", "_daemonset_id", "_conns", "_redactor")
 
-    def __init__(self, account_id: str = "1000000", vxlan_id: str = "0", daemonset_id: str = ""):
+    def __init__(self, account_id: str = "1000000", vxlan_id: str = "0", daemonset_id: str = "",
+                 redactor: Redactor | None = None):
         self._account_id = str(account_id)
         self._vxlan_id = str(vxlan_id)
         self._daemonset_id = str(daemonset_id)
-        # (pid, fd, comm, local, peer, client) -> (tags, kafka key, ip fields, middle fields);
+        # (pid, fd, comm, local, peer, client) -> (tag, kafka key, ip fields, middle fields);
         # keyed by value, not by the ConnMeta object, because the worker fills
         # a ConnMeta in place as it learns more about the connection.
-        self._conns: dict[tuple, tuple[dict, bytes, bytes, bytes]] = {}
+        self._conns: dict[tuple, tuple[str, bytes, bytes, bytes]] = {}
+        self._redactor = redactor  # None: nothing is redacted, and that costs nothing
 
     def encode(self, exchange: Exchange, meta: ConnMeta) -> tuple[bytes, bytes]:
         """Key: the client's IP (no port). Value: the message as UTF-8 JSON."""
@@ -64,13 +70,18 @@ class MessageEncoder:
         resp = exchange.response
         client = exchange.role == ROLE_CLIENT
         req_headers, host = _fields(req.headers)
-        if host is not None:
-            req_json = _rename_host(_dumps(req_headers), host)
-        else:
-            if "host" not in req_headers:
-                req_headers["host"] = _default_host(req.target, meta.peer if client else meta.local)
-            req_json = _dumps(req_headers)
+        if host is None and "host" not in req_headers:
+            req_headers["host"] = _default_host(req.target, meta.peer if client else meta.local)
         resp_headers = header_map(resp.headers)
+        req_text = payload_text(req.body, req.body_cut, req.body_size) if req.grpc_sizes is None \
+            else grpc_text(req.body)
+        resp_text = payload_text(resp.body, resp.body_cut, resp.body_size) if resp.grpc_sizes is None \
+            else grpc_text(resp.body)
+        redactor = self._redactor
+        if redactor is not None:
+            req_text = redactor.redact(req_headers, req_text, req.body, req.grpc_sizes is None)
+            resp_text = redactor.redact(resp_headers, resp_text, resp.body, resp.grpc_sizes is None)
+        req_json = _dumps(req_headers) if host is None else _rename_host(_dumps(req_headers), host)
         status = resp.status
         head = _dumps({
             "path": req.target,
@@ -78,16 +89,14 @@ class MessageEncoder:
             "type": req.version,
             "requestHeaders": req_json.decode(),
             "responseHeaders": _dumps(resp_headers).decode(),
-            "requestPayload": payload_text(req.body, req.body_cut, req.body_size) if req.grpc_sizes is None
-            else grpc_text(req.body),
-            "responsePayload": payload_text(resp.body, resp.body_cut, resp.body_size) if resp.grpc_sizes is None
-            else grpc_text(resp.body),
+            "requestPayload": req_text,
+            "responsePayload": resp_text,
             "statusCode": str(status),
             "status": f"{status} {resp.reason}" if resp.reason else str(status),
         })
         cid = (meta.pid, meta.fd, meta.comm, meta.local, meta.peer, client)
         conn = self._conns.get(cid)
-        if conn is None or conn[0] != meta.tags:
+        if conn is None or conn[0] != meta.tag:
             conn = self._conn_fields(meta, client)
             if len(self._conns) >= _MAX_CONNS:
                 self._conns.clear()
@@ -107,9 +116,13 @@ class MessageEncoder:
             value = value[:-1] + b"," + _dumps(_extra_fields(exchange))[1:]
         return conn[1], value
 
-    def _conn_fields(self, meta: ConnMeta, client: bool) -> tuple[dict, bytes, bytes, bytes]:
+    def _conn_fields(self, meta: ConnMeta, client: bool) -> tuple[str, bytes, bytes, bytes]:
         """The fields constant on a connection, as serialized JSON members (no braces)."""
-        ip = _dumps({"ip": meta.peer, "destIp": meta.local})[1:-1]
+        # As Akto's own collector: "ip" is the client end of the call, "destIp" the server end.
+        if client:
+            ip = _dumps({"ip": meta.local, "destIp": meta.peer})[1:-1]
+        else:
+            ip = _dumps({"ip": meta.peer, "destIp": meta.local})[1:-1]
         middle = _dumps({
             "direction": "2" if client else "1",
             "is_pending": "false",
@@ -120,10 +133,10 @@ class MessageEncoder:
             "socket_id": str(meta.fd),
             "process_name": meta.comm,
             "daemonset_id": self._daemonset_id,
-            "tag": _dumps(meta.tags).decode() if meta.tags else "{}",
+            "tag": meta.tag,
         })[1:-1]
         key = host_of(meta.local if client else meta.peer).encode()
-        return dict(meta.tags or {}), key, ip, middle
+        return meta.tag, key, ip, middle
 
 
 def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:

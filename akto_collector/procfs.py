@@ -45,13 +45,18 @@ def process_comm(proc_root: str, pid: int) -> str:
         return ""
 
 
-def socket_addresses(proc_root: str, pid: int, fd: int) -> tuple[str, str] | None:
-    """(local "ip:port", peer "ip:port") of a TCP socket fd, or None."""
+def fd_target(proc_root: str, pid: int, fd: int) -> str | None:
+    """What a process's fd is (``socket:[inode]``, a path, ...), None when gone."""
     try:
-        link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+        return os.readlink(f"{proc_root}/{pid}/fd/{fd}")
     except OSError:
         return None
-    if not link.startswith("socket:["):
+
+
+def socket_addresses(proc_root: str, pid: int, fd: int) -> tuple[str, str] | None:
+    """(local "ip:port", peer "ip:port") of a TCP socket fd, or None."""
+    link = fd_target(proc_root, pid, fd)
+    if link is None or not link.startswith("socket:["):
         return None
     inode = link[8:-1]
     for name, v6 in (("tcp", False), ("tcp6", True)):
@@ -77,3 +82,29 @@ def _endpoint(field: bytes, v6: bool) -> str:
         ip = ip.ipv4_mapped
     return join_host_port(str(ip), int(hexport, 16))
 
+
+
+def bpf_memory(proc_root: str, pid: int) -> int:
+    """Bytes the kernel charges for the BPF maps and programs this process
+    holds (``memlock`` of each BPF fd in /proc/PID/fdinfo): the ring buffer and
+    the tables, in the memory cgroup but in no process's RSS."""
+    seen: dict[bytes, int] = {}  # an object may be open on several fds: each counted once
+    try:
+        fds = os.listdir(f"{proc_root}/{pid}/fdinfo")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            with open(f"{proc_root}/{pid}/fdinfo/{fd}", "rb") as f:
+                info = f.read(4096)
+        except OSError:
+            continue
+        ident = memlock = None
+        for line in info.splitlines():
+            if line.startswith((b"map_id:", b"prog_id:")):
+                ident = line.replace(b"\t", b"").replace(b" ", b"")
+            elif line.startswith(b"memlock:"):
+                memlock = int(line.split()[1])
+        if ident is not None and memlock is not None:
+            seen[ident] = memlock
+    return sum(seen.values())

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 
 from akto_collector import exits, logs
+from akto_collector.allocator import tune_allocator
 from akto_collector.kernel.records import (
     ADDR,
     HDR_SIZE,
@@ -29,8 +30,10 @@ from akto_collector.kernel.records import (
 from akto_collector.events import ROLE_CLIENT, ROLE_SERVER, ConnId, ConnMeta, DataEvent
 from akto_collector.filters import PairFilter
 from akto_collector.message import MessageEncoder
+from akto_collector.redact import Redactor
+from akto_collector.tags import KIND_TAGS, base_tag
 from akto_collector.addresses import host_of, join_host_port
-from akto_collector.procfs import process_comm, socket_addresses
+from akto_collector.procfs import fd_target, process_comm, socket_addresses
 from akto_collector.sinks import make_sink
 from akto_collector.protocols import PROTO_HTTP2
 from akto_collector.protocols.streams import ConnectionStream, CoreLimits
@@ -89,7 +92,8 @@ class Worker:
         self.counters = counters if counters is not None else Counter()
         _queue, self.stream_budget, sink_budget = budget_shares(settings, budget)
         self.sink = make_sink(settings, output=output, counters=self.counters, max_buffer_bytes=sink_budget)
-        self.encoder = MessageEncoder(settings.account_id, settings.vxlan_id, settings.daemonset_id)
+        self.encoder = MessageEncoder(settings.account_id, settings.vxlan_id, settings.daemonset_id,
+                                      Redactor.from_settings(settings, self.counters))
         self.filter = PairFilter.from_settings(settings)
         self.limits = CoreLimits(max_body_bytes=settings.max_body_bytes)
         self.disable_egress = settings.disable_egress
@@ -99,6 +103,9 @@ class Worker:
         self.role_hints: dict[ConnId, int] = {}
         self.meta_seen: dict[ConnId, float] = {}  # last time a connection's metadata was used
         self.by_tgid: dict[int, set[ConnId]] = {}  # for process exit
+        # The supervisor's word on each process's tag (KIND_TAGS records); the rest have the fixed tags.
+        self.base_tag = base_tag(settings.inject_tags)
+        self.tags: dict[int, str] = {}
         # bpf_ktime_get_ns is CLOCK_MONOTONIC: one offset turns it into wall time.
         self.clock_offset = time.time() - time.monotonic()
 
@@ -138,6 +145,10 @@ class Worker:
                 elif kind == KIND_EXIT:
                     for c in list(self.by_tgid.get(tgid, ())):
                         self.close(c, ts)
+                    self.tags.pop(tgid, None)
+                elif kind == KIND_TAGS:
+                    n -= 1  # the supervisor's, not the kernel's
+                    self.on_tags(tgid, blob[start:off])
             except Exception as exc:  # noqa: BLE001 (one bad connection must not take the shard down)
                 counters["worker.error." + type(exc).__name__] += 1
                 self.forget(conn)
@@ -147,7 +158,8 @@ class Worker:
         family, sport, dport, _, saddr, daddr, comm = ADDR.unpack_from(payload)
         meta = self.metas.get(conn)
         if meta is None:
-            meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd)
+            meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd,
+                                               tag=self.tags.get(conn.tgid, self.base_tag))
             self.by_tgid.setdefault(conn.tgid, set()).add(conn)
         self.meta_seen[conn] = ts
         meta.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -158,6 +170,18 @@ class Worker:
         else:
             meta.local = _address(family, saddr, sport)
             meta.peer = _address(family, daddr, dport)
+
+    def on_tags(self, tgid: int, payload: bytes) -> None:
+        """The process's tag from here on (empty: the fixed tags), its open connections' too."""
+        if payload:
+            tag = self.tags[tgid] = payload.decode()
+        else:
+            self.tags.pop(tgid, None)
+            tag = self.base_tag
+        for conn in self.by_tgid.get(tgid, ()):
+            meta = self.metas.get(conn)
+            if meta is not None:
+                meta.tag = tag
 
     def close(self, conn: ConnId, ts: float) -> None:
         cs = self.streams.pop(conn, None)
@@ -185,6 +209,9 @@ class Worker:
         meta = self.metas.get(ex.conn)
         if meta is None or not meta.local:
             meta = self._resolve(ex.conn, meta)
+            if meta is None:
+                counters["dropped.not_a_socket"] += 1
+                return
         self.meta_seen[ex.conn] = ex.response.ts
         peer_ip = host_of(meta.peer) if meta.peer else None
         host = meta.local if ex.role == ROLE_SERVER else meta.peer
@@ -197,10 +224,15 @@ class Worker:
         counters["pairs"] += 1
         counters[_PAIR_KEYS.get((ex.request.version, ex.role)) or _pair_key(ex)] += 1
 
-    def _resolve(self, conn: ConnId, meta: ConnMeta | None) -> ConnMeta:
-        """Addresses of a connection that predates the collector, from /proc."""
+    def _resolve(self, conn: ConnId, meta: ConnMeta | None) -> ConnMeta | None:
+        """Addresses of a connection that predates the collector, from /proc.
+        None when the fd is not a socket: the syscall path takes an fd it did
+        not see opened on the look of its data, and a file can look so."""
         if meta is None:
-            meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd)
+            link = fd_target("/proc", conn.tgid, conn.fd)
+            if link is not None and not link.startswith("socket:["):
+                return None
+            meta = self.metas[conn] = ConnMeta(pid=conn.tgid, fd=conn.fd, tag=self.tags.get(conn.tgid, self.base_tag))
         if not meta.comm:
             meta.comm = process_comm("/proc", conn.tgid)
         found = socket_addresses("/proc", conn.tgid, conn.fd)
@@ -267,6 +299,7 @@ def run(index: int, settings, output: str, data_rx, report_tx, budget: int | Non
     # SIGTERM keeps its default: the supervisor sends it to a stuck worker
     # (systemd's KillMode=mixed and Kubernetes signal only the supervisor).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_allocator()
     log = logs.configure(settings.log_level, role="worker", worker=index, pid=os.getpid())
     try:
         worker = Worker(index, settings, output, budget=budget)

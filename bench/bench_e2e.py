@@ -9,6 +9,7 @@ show the overhead on the traced server; --sink null writes JSON lines to
 /dev/null instead (the cost of Kafka, by difference).
 
     .venv/bin/python bench/bench_e2e.py [--seconds 10] [--connections 32] [--rate N] [--tls] [--baseline]
+                                        [--cpu-cap 0.5] [--sink null]
 
 --rate paces each connection (wrk's delay() between requests, in whole
 milliseconds), so the rate offered is only roughly N: the printed
@@ -96,6 +97,23 @@ def pairs_done(log: Path) -> tuple[int, float]:
     return value, when
 
 
+def cpu_cap(cores: float):
+    """A cpu cgroup with a quota, and the function that moves the collector
+    into it before it starts (so that it sizes itself to the quota)."""
+    cg = Path(f"/sys/fs/cgroup/cpu/akto-bench-{os.getpid()}")
+    cg.mkdir(exist_ok=True)
+    (cg / "cpu.cfs_period_us").write_text("100000")
+    (cg / "cpu.cfs_quota_us").write_text(str(int(cores * 100000)))
+    print(f"collector held to {cores} cores (cgroup {cg})")
+    procs = str(cg / "cgroup.procs")
+
+    def enter() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return enter
+
+
 def tree(pid: int) -> list[psutil.Process]:
     p = psutil.Process(pid)
     return [p] + p.children(recursive=True)
@@ -119,10 +137,12 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=0, help="about this many requests/s (default: as fast as possible)")
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--baseline", action="store_true")
-    ap.add_argument("--workers", default="2")
+    ap.add_argument("--workers", default="", help="AKTO_WORKERS (default: the collector's own choice)")
     ap.add_argument("--sink", choices=("kafka", "null"), default="kafka",
                     help="null: JSON lines to /dev/null instead of the broker (the cost of Kafka, by difference)")
     ap.add_argument("--env", action="append", default=[], metavar="K=V", help="extra collector environment")
+    ap.add_argument("--cpu-cap", type=float, default=0.0,
+                    help="hold the collector to this many cores by a cgroup v1 cpu quota (a DaemonSet's limits.cpu)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk missing: make test-deps installs it")
@@ -141,15 +161,18 @@ def main() -> None:
             print(f"baseline (no collector): {rate:,.0f} requests/s, nginx CPU {per_req:.1f} us per request")
         with (TansuBroker(proxy=False) if args.sink == "kafka" else contextlib.nullcontext()) as broker:
             env = dict(os.environ, TRAFFIC_DISABLE_EGRESS="true",
-                       AKTO_WORKERS=args.workers, AKTO_STATS_INTERVAL="0.5",
+                       AKTO_STATS_INTERVAL="0.5",
                        CAPTURE_ALL="false" if args.tls else "true")
             if broker is not None:
                 env["AKTO_KAFKA_BROKER_MAL"] = broker.bootstrap
+            if args.workers:
+                env["AKTO_WORKERS"] = args.workers
             env.update(kv.split("=", 1) for kv in args.env)
             err = open(tmp / "collector.log", "wb")
             output = [] if broker is not None else ["--output", os.devnull]
             col = subprocess.Popen([sys.executable, "-m", "akto_collector", "run", *output], cwd=REPO, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=err)
+                                   stdout=subprocess.DEVNULL, stderr=err,
+                                   preexec_fn=cpu_cap(args.cpu_cap) if args.cpu_cap else None)
             deadline = time.monotonic() + 120
             while b'"ready"' not in (tmp / "collector.log").read_bytes():
                 if col.poll() is not None or time.monotonic() > deadline:
@@ -223,6 +246,8 @@ def main() -> None:
         nginx.wait(5)
         shutil.copy(tmp / "collector.log", "/tmp/last-collector.log") if (tmp / "collector.log").exists() else None
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(f"/sys/fs/cgroup/cpu/akto-bench-{os.getpid()}").rmdir()
 
 
 if __name__ == "__main__":

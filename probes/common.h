@@ -22,6 +22,9 @@
  * TRACEPOINT(...) it finds in the source once they are in place, and may
  * leave out the ones this kernel lacks. */
 #define TRACEPOINT(category, event) int tp__##category##__##event(struct tracepoint__##category##__##event *args)
+/* The same, attached only on one of the two data paths (socket_trace.c). */
+#define SOCK_DATA(category, event) TRACEPOINT(category, event)
+#define SYSCALL_DATA(category, event) TRACEPOINT(category, event)
 
 #define KIND_DATA 1
 #define KIND_OPEN 2
@@ -95,6 +98,10 @@
 #define C_GO_UNCONFIRMED 13 /* kernel.dropped.go_tls_unconfirmed */
 #define C_GO_MISMATCH 14 /* kernel.dropped.go_tls_layout_mismatch */
 #define C_GO_DEFAULT_LAYOUT 15 /* kernel.go_tls.default_layout */
+#define C_SHED_CONNS 16 /* kernel.dropped.shed_connections */
+#define C_SHED_CALLS 17 /* kernel.dropped.shed_calls */
+#define C_SHED_BYTES 18 /* kernel.dropped.shed_bytes */
+#define C_SHED_REQUESTS 19 /* kernel.dropped.shed_requests */
 #define C_NCOUNTERS 32 /* slots; the array has this many */
 
 /* The header of every ring buffer record (kernel/records.py RECORD mirrors
@@ -145,6 +152,7 @@ struct conn_t {
     u8 opened;
     u8 addr_sent;
     u8 proto;
+    u8 shed; /* began while shedding: tracked, not copied (admit) */
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -209,10 +217,33 @@ struct go_proc_t {
 };
 BPF_HASH(go_procs, u32, struct go_proc_t, 4096);
 
+/* Shedding: while set, an HTTP/1 connection is shed from its first bytes, or
+ * from the next call that starts a request: tracked, not copied, what it moves
+ * counted (requests, calls, bytes), until a call on it starts a request once
+ * shedding has stopped. So what is copied is whole exchanges. HTTP/2 is never
+ * shed (its header table would be lost for the connection's life). Set by user space (supervisor/shedding.py:
+ * the ring's fill, its own backlog, CPU throttling) and here when the ring
+ * refuses a record; cleared by user space. */
+BPF_ARRAY(shed_state, u32, 1);
+
+static __always_inline int shedding(void) {
+    u32 k = 0;
+    u32 *v = shed_state.lookup(&k);
+    return v && *v;
+}
+
 static __always_inline void count(u32 slot, u64 n) {
     u64 *c = counters.lookup(&slot);
     if (c)
         *c += n;
+}
+
+/* The ring refused a record: counted, and shedding starts at once (user
+ * space ends it once the ring has room again). */
+static __always_inline void ring_full(void) {
+    count(C_RB_FULL, 1);
+    u32 k = 0, one = 1;
+    shed_state.update(&k, &one);
 }
 
 static __always_inline u64 conn_key(u32 tgid, u32 fd) {
@@ -389,37 +420,65 @@ static __always_inline int classify(const char *ubuf, u32 len) {
 
 /* Decide, from a call's first bytes, whether to pass it on. Sets the role
  * from what the bytes say. 1: emit, 0: drop. */
-static __always_inline int admit(u64 key, struct conn_t *c, u8 dir, const char *ubuf, u32 len) {
-    if (c->state == ST_HTTP)
-        goto role;
-    int k = classify(ubuf, len);
-    if (k > 0) {
-        c->state = ST_HTTP;
-        c->proto = k >= K_H2_PREFACE ? PROTO_HTTP2 : PROTO_HTTP1;
-        /* A request or the preface read: the process serves; written: it calls.
-         * Frames joined mid-way do not say: user space decides. */
-        if (c->role == ROLE_UNKNOWN && k != K_H2_FRAMES) {
-            if (k == K_REQUEST || k == K_H2_PREFACE)
-                c->role = dir == DIR_RECV ? ROLE_SERVER : ROLE_CLIENT;
-            else
-                c->role = dir == DIR_RECV ? ROLE_CLIENT : ROLE_SERVER;
+/* A call of a shed connection: counted (in requests when it starts one). */
+static __always_inline int shed_call(int k, u64 total) {
+    count(C_SHED_CALLS, 1);
+    count(C_SHED_BYTES, total);
+    if (k == K_REQUEST)
+        count(C_SHED_REQUESTS, 1);
+    return 0;
+}
+
+/* Whether to copy this call (first buffer ubuf/len of total bytes). */
+static __always_inline int admit(u64 key, struct conn_t *c, u8 dir, const char *ubuf, u32 len, u64 total) {
+    int k = 0, fresh = 0;
+    if (c->state != ST_HTTP) {
+        k = classify(ubuf, len);
+        if (k > 0) {
+            c->state = ST_HTTP;
+            c->proto = k >= K_H2_PREFACE ? PROTO_HTTP2 : PROTO_HTTP1;
+            fresh = 1;
+            /* A request or the preface read: the process serves; written: it calls.
+             * Frames joined mid-way do not say: user space decides. */
+            if (c->role == ROLE_UNKNOWN && k != K_H2_FRAMES) {
+                if (k == K_REQUEST || k == K_H2_PREFACE)
+                    c->role = dir == DIR_RECV ? ROLE_SERVER : ROLE_CLIENT;
+                else
+                    c->role = dir == DIR_RECV ? ROLE_CLIENT : ROLE_SERVER;
+            }
+        } else if (k < 0) {
+            if (c->opened || c->probation >= PROBATION_CALLS) {
+                judge_not_http(key, c);
+                return 0;
+            }
+            c->probation++;
         }
-        goto role;
     }
-    if (k == 0)
-        goto role;
-    if (c->opened || c->probation >= PROBATION_CALLS) {
-        judge_not_http(key, c);
-        return 0;
-    }
-    c->probation++;
-role:
 #if DISABLE_EGRESS
     if (c->role == ROLE_CLIENT) {
         count(C_EGRESS_SKIPPED, 1);
         return 0;
     }
 #endif
+    if (fresh || (c->proto == PROTO_HTTP1 && !c->shed && shedding())) {
+        /* A connection's first HTTP/1 bytes, or, on one being copied, a call
+         * that starts a request: shed from here, so that what is copied is
+         * whole exchanges and what is not is counted in requests. */
+        if (!fresh)
+            k = classify(ubuf, len);
+        if (c->proto == PROTO_HTTP1 && (fresh ? shedding() : k == K_REQUEST)) {
+            c->shed = 1;
+            count(C_SHED_CONNS, 1);
+            return shed_call(k, total);
+        }
+    } else if (c->shed) {
+        /* Resumes at the start of a request: user space meets a new stream
+         * there (it never saw the shed bytes). */
+        k = classify(ubuf, len);
+        if (shedding() || k != K_REQUEST)
+            return shed_call(k, total);
+        c->shed = 0;
+    }
     return 1;
 }
 
@@ -448,7 +507,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
     if (n <= CHUNK_S) {
         struct ev_s *e = events.ringbuf_reserve(sizeof(struct ev_s));
         if (!e) {
-            count(C_RB_FULL, 1);
+            ring_full();
             return -1;
         }
         FILL_PIECE(CHUNK_S)
@@ -458,7 +517,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
     if (n <= CHUNK_1K) {
         struct ev_1k *e = events.ringbuf_reserve(sizeof(struct ev_1k));
         if (!e) {
-            count(C_RB_FULL, 1);
+            ring_full();
             return -1;
         }
         FILL_PIECE(CHUNK_1K)
@@ -468,7 +527,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
     if (n <= CHUNK_2K) {
         struct ev_2k *e = events.ringbuf_reserve(sizeof(struct ev_2k));
         if (!e) {
-            count(C_RB_FULL, 1);
+            ring_full();
             return -1;
         }
         FILL_PIECE(CHUNK_2K)
@@ -478,7 +537,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
     if (n <= CHUNK_M) {
         struct ev_m *e = events.ringbuf_reserve(sizeof(struct ev_m));
         if (!e) {
-            count(C_RB_FULL, 1);
+            ring_full();
             return -1;
         }
         FILL_PIECE(CHUNK_M)
@@ -488,7 +547,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
     if (n <= CHUNK_8K) {
         struct ev_8k *e = events.ringbuf_reserve(sizeof(struct ev_8k));
         if (!e) {
-            count(C_RB_FULL, 1);
+            ring_full();
             return -1;
         }
         FILL_PIECE(CHUNK_8K)
@@ -497,7 +556,7 @@ static __always_inline int emit_piece(struct ev_hdr *h, const char *src, u32 n) 
     }
     struct ev_l *e = events.ringbuf_reserve(sizeof(struct ev_l));
     if (!e) {
-        count(C_RB_FULL, 1);
+        ring_full();
         return -1;
     }
     FILL_PIECE(CHUNK_L)
@@ -668,7 +727,7 @@ static __always_inline void fill_hdr(struct ev_hdr *h, struct conn_t *c, u32 tgi
 static __always_inline void emit_simple(struct conn_t *c, u32 tgid, u32 fd, u8 kind) {
     struct ev_hdr *e = events.ringbuf_reserve(sizeof(struct ev_hdr));
     if (!e) {
-        count(C_RB_FULL, 1);
+        ring_full();
         return;
     }
     __builtin_memset(e, 0, sizeof(*e));
@@ -685,7 +744,7 @@ static __always_inline void emit_addr(struct conn_t *c, u32 tgid, u32 fd) {
         return;
     struct ev_addr *e = events.ringbuf_reserve(sizeof(struct ev_addr));
     if (!e) {
-        count(C_RB_FULL, 1);
+        ring_full();
         return;
     }
     __builtin_memset(&e->h, 0, sizeof(e->h));

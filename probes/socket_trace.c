@@ -1,10 +1,20 @@
-/* Socket syscalls: connection lifecycle and plaintext data.
+/* Socket syscalls: connection lifecycle and plaintext data, by one of two paths.
  *
- * Enter probes stash the arguments per thread; the sock_{send,recv}_length
- * tracepoints, which fire only inside socket I/O, mark the stash as a TCP/IP
- * socket (so files and pipes cost one map update and nothing more) and give
- * the socket pointer that links the fd to its addresses; exit probes emit the
- * bytes the call really transferred.
+ * With the sock_{send,recv}_length tracepoints (Linux 6.3+, SOCK_TRACEPOINTS):
+ * they fire only inside socket I/O, after the bytes moved, so a call on a
+ * file or a pipe costs nothing at all; the call's arguments are read from the
+ * task's saved user registers (the syscall ABI) and the data is emitted
+ * there. The read/write syscall tracepoints are not attached.
+ *
+ * Without them (the fallback; or forced by AKTO_SOCK_TRACEPOINTS=off): enter
+ * probes stash the arguments per thread and exit probes emit what the call
+ * transferred. The fds known to be sockets are those seen in accept/connect;
+ * an fd opened before the collector started is taken only when its data
+ * starts like HTTP (user space then checks in /proc that it is a socket), so
+ * a file or a pipe costs a stash and a lookup and creates no entry.
+ *
+ * The loader attaches TRACEPOINT programs always, SOCK_DATA programs on the
+ * first path and SYSCALL_DATA programs on the second.
  */
 
 #define SC_BUF 1
@@ -59,43 +69,49 @@ static __always_inline int stash(s32 fd, u64 buf, u64 vlen, u8 kind, u8 dir) {
     return 0;
 }
 
-/* A thread already blocked in a read when we attached has no stash: its
- * arguments are still in the saved user registers (x86-64 syscall ABI). */
-static __always_inline struct sc_args_t *recover_args(u32 tid) {
+/* The arguments of the socket call this thread is in, from its saved user
+ * registers (x86-64 syscall ABI): 0 when it is not a call we trace (kernel
+ * threads and io_uring workers have no user registers; splice, sendmmsg and
+ * the like are counted, not traced; sendfile has its own probes). */
+static __always_inline int args_from_regs(struct sc_args_t *a, u8 dir) {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
     struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-    u64 nr = 0, di = 0, si = 0, dx = 0, cs = 0;
-    /* Kernel threads and io_uring workers have no user registers to read. */
-    bpf_probe_read_kernel(&cs, sizeof(cs), &regs->cs);
-    if ((cs & 3) != 3)
+    /* dx, si, di, orig_ax, ip, cs lie next to each other in x86-64's
+     * pt_regs: one read instead of five (this runs for every socket call). */
+    struct { u64 dx, si, di, orig_ax, ip, cs; } r = {};
+    if (bpf_probe_read_kernel(&r, sizeof(r), &regs->dx) != 0 || (r.cs & 3) != 3)
         return 0;
-    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
-    bpf_probe_read_kernel(&di, sizeof(di), &regs->di);
-    bpf_probe_read_kernel(&si, sizeof(si), &regs->si);
-    bpf_probe_read_kernel(&dx, sizeof(dx), &regs->dx);
-    struct sc_args_t a = {};
-    a.fd = di;
-    a.buf = si;
-    a.vlen = dx;
-    switch (nr) {
+    a->fd = r.di;
+    a->buf = r.si;
+    a->vlen = r.dx;
+    a->dir = dir;
+    switch (r.orig_ax) {
     case 0:  /* read */
     case 45: /* recvfrom */
-        a.kind = SC_BUF;
-        a.dir = DIR_RECV;
+        a->kind = dir == DIR_RECV ? SC_BUF : 0;
+        break;
+    case 1:  /* write */
+    case 44: /* sendto */
+        a->kind = dir == DIR_SEND ? SC_BUF : 0;
         break;
     case 19: /* readv */
-        a.kind = SC_IOV;
-        a.dir = DIR_RECV;
+        a->kind = dir == DIR_RECV ? SC_IOV : 0;
+        break;
+    case 20: /* writev */
+        a->kind = dir == DIR_SEND ? SC_IOV : 0;
         break;
     case 47: /* recvmsg */
-        a.kind = SC_MSG;
-        a.dir = DIR_RECV;
+        a->kind = dir == DIR_RECV ? SC_MSG : 0;
         break;
+    case 46: /* sendmsg */
+        a->kind = dir == DIR_SEND ? SC_MSG : 0;
+        break;
+    case 40: /* sendfile: its exit probe accounts for the bytes */
+        return -1;
     default:
-        return 0;
+        a->kind = 0;
     }
-    sc_args.update(&tid, &a);
-    return sc_args.lookup(&tid);
+    return a->kind ? 1 : 0;
 }
 
 /* Socket bytes moved by a call we do not trace (splice, sendmmsg/recvmmsg,
@@ -107,38 +123,6 @@ static __always_inline void count_untraced(int ret) {
     bpf_probe_read_kernel(&cs, sizeof(cs), &regs->cs);
     if ((cs & 3) == 3)
         count(C_UNTRACED_BYTES, ret);
-}
-
-static __always_inline void mark_socket(void *sk, u16 family, u16 protocol, int ret, int recv) {
-    if ((family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP)
-        return;
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32, tid = id;
-    struct sc_args_t *a = sc_args.lookup(&tid);
-    if (!a) {
-        if (ignored(tgid))
-            return;
-        if (recv)
-            a = recover_args(tid);
-        if (!a) {
-            count_untraced(ret);
-            return;
-        }
-    }
-    a->is_sock = 1;
-    a->sk = (u64)sk;
-}
-
-TRACEPOINT(sock, sock_recv_length) {
-    if (args->ret > 0 && !(args->flags & MSG_PEEK_FLAG))
-        mark_socket(args->sk, args->family, args->protocol, args->ret, 1);
-    return 0;
-}
-
-TRACEPOINT(sock, sock_send_length) {
-    if (args->ret > 0)
-        mark_socket(args->sk, args->family, args->protocol, args->ret, 0);
-    return 0;
 }
 
 TRACEPOINT(sock, inet_sock_set_state) {
@@ -182,16 +166,13 @@ static __always_inline const char *first_buf(struct sc_args_t *a, u32 ret, u32 *
     return (const char *)iv.iov_base;
 }
 
-static __always_inline int on_exit(void *ctx, long ret) {
+/* A socket call (or, on the fallback path, a call on an fd that may be one)
+ * that moved ret > 0 bytes: name its fd for the TLS and Go probes, and emit
+ * its plaintext. */
+static __always_inline int on_socket_call(void *ctx, struct sc_args_t *ap, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = id;
-    struct sc_args_t *ap = sc_args.lookup(&tid);
-    if (!ap)
-        return 0;
     struct sc_args_t a = *ap;
-    sc_args.delete(&tid);
-    if (!a.is_sock || ret <= 0)
-        return 0;
     struct go_thread_t *gt = go_threads.lookup(&tid);
     if (gt && gt->tgid == tgid)
         gt->fd = a.fd; /* under a Go TLS call: the socket that confirms its layout */
@@ -217,9 +198,23 @@ static __always_inline int on_exit(void *ctx, long ret) {
             sp->sk = a.sk;
         return 0;
     }
-    struct conn_t *c = conn_get(key, 1, 0, ROLE_UNKNOWN);
-    if (!c)
-        return 0;
+    struct conn_t *c = conn_get(key, a.is_sock, 0, ROLE_UNKNOWN);
+    if (!c) {
+        /* The fallback path, an fd not seen opened: a connection from before
+         * the collector started, or a file. Taken only when its data starts
+         * like HTTP (and checked in /proc by user space); anything else
+         * costs no table entry. */
+        if (a.is_sock || a.kind == SC_SENDFILE)
+            return 0;
+        u32 flen = 0;
+        u64 vec = 0, vlen = 0;
+        const char *first = first_buf(&a, ret, &flen, &vec, &vlen);
+        if (!first || classify(first, flen) <= 0)
+            return 0;
+        c = conn_get(key, 1, 0, ROLE_UNKNOWN);
+        if (!c)
+            return 0;
+    }
     c->last_ts = bpf_ktime_get_ns();
     if (!c->sk)
         c->sk = a.sk;
@@ -249,7 +244,7 @@ static __always_inline int on_exit(void *ctx, long ret) {
     const char *first = first_buf(&a, ret, &flen, &vec, &vlen);
     if (!first)
         return 0;
-    if (!admit(key, c, a.dir, first, flen))
+    if (!admit(key, c, a.dir, first, flen, ret))
         return 0;
     emit_addr(c, tgid, a.fd);
     fill_hdr(&h, c, tgid, a.fd, KIND_DATA);
@@ -264,32 +259,81 @@ static __always_inline int on_exit(void *ctx, long ret) {
     return 0;
 }
 
-TRACEPOINT(syscalls, sys_enter_read) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_RECV); }
-TRACEPOINT(syscalls, sys_exit_read) { return on_exit(args, args->ret); }
-TRACEPOINT(syscalls, sys_enter_write) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_SEND); }
-TRACEPOINT(syscalls, sys_exit_write) { return on_exit(args, args->ret); }
-TRACEPOINT(syscalls, sys_enter_readv) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_RECV); }
-TRACEPOINT(syscalls, sys_exit_readv) { return on_exit(args, args->ret); }
-TRACEPOINT(syscalls, sys_enter_writev) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_SEND); }
-TRACEPOINT(syscalls, sys_exit_writev) { return on_exit(args, args->ret); }
-TRACEPOINT(syscalls, sys_enter_recvfrom) {
+
+/* The sock tracepoints' path: the socket is certain, the arguments come
+ * from the registers. */
+static __always_inline int sock_data(void *ctx, void *sk, u16 family, u16 protocol, long ret, u8 dir) {
+    if (ret <= 0 || (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP)
+        return 0;
+    if (ignored(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    struct sc_args_t a = {};
+    int found = args_from_regs(&a, dir);
+    if (found <= 0) {
+        if (found == 0)
+            count_untraced(ret);
+        return 0;
+    }
+    a.sk = (u64)sk;
+    a.is_sock = 1;
+    return on_socket_call(ctx, &a, ret);
+}
+
+SOCK_DATA(sock, sock_recv_length) {
+    if (args->flags & MSG_PEEK_FLAG)
+        return 0;
+    return sock_data(args, args->sk, args->family, args->protocol, args->ret, DIR_RECV);
+}
+
+SOCK_DATA(sock, sock_send_length) {
+    return sock_data(args, args->sk, args->family, args->protocol, args->ret, DIR_SEND);
+}
+
+/* The fallback path's exit: what the stash began. A thread that was already
+ * blocked in the call when the probes were attached has no stash: its
+ * arguments are still in its saved registers. */
+static __always_inline int on_exit(void *ctx, long ret, u8 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    struct sc_args_t a = {};
+    struct sc_args_t *ap = sc_args.lookup(&tid);
+    if (ap) {
+        a = *ap;
+        sc_args.delete(&tid);
+    } else if (ret <= 0 || ignored(id >> 32) || args_from_regs(&a, dir) <= 0) {
+        return 0;
+    }
+    if (ret <= 0)
+        return 0;
+    return on_socket_call(ctx, &a, ret);
+}
+
+SYSCALL_DATA(syscalls, sys_enter_read) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_RECV); }
+SYSCALL_DATA(syscalls, sys_exit_read) { return on_exit(args, args->ret, DIR_RECV); }
+SYSCALL_DATA(syscalls, sys_enter_write) { return stash(args->fd, (u64)args->buf, 0, SC_BUF, DIR_SEND); }
+SYSCALL_DATA(syscalls, sys_exit_write) { return on_exit(args, args->ret, DIR_SEND); }
+SYSCALL_DATA(syscalls, sys_enter_readv) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_RECV); }
+SYSCALL_DATA(syscalls, sys_exit_readv) { return on_exit(args, args->ret, DIR_RECV); }
+SYSCALL_DATA(syscalls, sys_enter_writev) { return stash(args->fd, (u64)args->vec, args->vlen, SC_IOV, DIR_SEND); }
+SYSCALL_DATA(syscalls, sys_exit_writev) { return on_exit(args, args->ret, DIR_SEND); }
+SYSCALL_DATA(syscalls, sys_enter_recvfrom) {
     if (args->flags & MSG_PEEK_FLAG)
         return 0; /* the same bytes will be read again */
     return stash(args->fd, (u64)args->ubuf, 0, SC_BUF, DIR_RECV);
 }
-TRACEPOINT(syscalls, sys_exit_recvfrom) { return on_exit(args, args->ret); }
-TRACEPOINT(syscalls, sys_enter_sendto) { return stash(args->fd, (u64)args->buff, 0, SC_BUF, DIR_SEND); }
-TRACEPOINT(syscalls, sys_exit_sendto) { return on_exit(args, args->ret); }
-TRACEPOINT(syscalls, sys_enter_recvmsg) {
+SYSCALL_DATA(syscalls, sys_exit_recvfrom) { return on_exit(args, args->ret, DIR_RECV); }
+SYSCALL_DATA(syscalls, sys_enter_sendto) { return stash(args->fd, (u64)args->buff, 0, SC_BUF, DIR_SEND); }
+SYSCALL_DATA(syscalls, sys_exit_sendto) { return on_exit(args, args->ret, DIR_SEND); }
+SYSCALL_DATA(syscalls, sys_enter_recvmsg) {
     if (args->flags & MSG_PEEK_FLAG)
         return 0;
     return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_RECV);
 }
-TRACEPOINT(syscalls, sys_exit_recvmsg) { return on_exit(args, args->ret); }
-TRACEPOINT(syscalls, sys_enter_sendmsg) { return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_SEND); }
-TRACEPOINT(syscalls, sys_exit_sendmsg) { return on_exit(args, args->ret); }
+SYSCALL_DATA(syscalls, sys_exit_recvmsg) { return on_exit(args, args->ret, DIR_RECV); }
+SYSCALL_DATA(syscalls, sys_enter_sendmsg) { return stash(args->fd, (u64)args->msg, 0, SC_MSG, DIR_SEND); }
+SYSCALL_DATA(syscalls, sys_exit_sendmsg) { return on_exit(args, args->ret, DIR_SEND); }
 TRACEPOINT(syscalls, sys_enter_sendfile64) { return stash(args->out_fd, 0, 0, SC_SENDFILE, DIR_SEND); }
-TRACEPOINT(syscalls, sys_exit_sendfile64) { return on_exit(args, args->ret); }
+TRACEPOINT(syscalls, sys_exit_sendfile64) { return on_exit(args, args->ret, DIR_SEND); }
 
 /* accept/connect: a connection we saw open, with its role and peer. */
 static __always_inline int open_enter(s32 fd, u64 addr, u8 role) {

@@ -38,7 +38,7 @@ static __always_inline int tls_emit(void *ctx, u32 tgid, s32 fd, u64 sk, u8 dir,
     }
     c->last_ts = bpf_ktime_get_ns();
     u32 len = n;
-    if (!admit(key, c, dir, buf, len))
+    if (!admit(key, c, dir, buf, len, len))
         return 0;
     emit_addr(c, tgid, fd);
     struct ev_hdr h = {};

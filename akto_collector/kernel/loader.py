@@ -45,10 +45,14 @@ class ProbeOptions:
     ringbuf_pages: int = 16384  # 64 MiB: ~15k typical pairs of slack while the drain is late
     collector_tgid: int = 0  # the supervisor: never traced, from the first program attached
     copy_limit: int = (1 << 20) + (64 << 10)  # bytes copied per call: the body limit and room for the head
+    includes: tuple[str, ...] = ()  # headers of another kernel than the running one (headers.py)
+    sock_data: bool = True  # data from the sock tracepoints, else the syscall fallback (socket_trace.c)
 
     @classmethod
-    def from_settings(cls, settings) -> ProbeOptions:
+    def from_settings(cls, settings, includes=(), sock_data: bool = True) -> ProbeOptions:
         return cls(
+            includes=tuple(includes),
+            sock_data=sock_data,
             max_conn=settings.max_active_conn,
             capture_plain=settings.capture_all,
             capture_tls=settings.capture_ssl,
@@ -56,6 +60,7 @@ class ProbeOptions:
             filter_tls_pids=not settings.probe_all_pid,
             collector_tgid=os.getpid(),
             copy_limit=settings.max_body_bytes + (64 << 10),
+            ringbuf_pages=(settings.ring_buffer_mb << 20) // mmap.PAGESIZE,
         )
 
 
@@ -68,12 +73,15 @@ def program_text(opts: ProbeOptions) -> str:
     return "\n".join(parts)
 
 
-_TRACEPOINT = re.compile(r"^TRACEPOINT\((\w+), (\w+)\)", re.M)  # common.h's macro
+_TRACEPOINT = re.compile(r"^(TRACEPOINT|SOCK_DATA|SYSCALL_DATA)\((\w+), (\w+)\)", re.M)  # common.h's macros
 
 
-def tracepoints(text: str) -> list[tuple[str, str]]:
-    """The tracepoint programs of a program text: ("category:event", function name), in source order."""
-    return [(f"{cat}:{ev}", f"tp__{cat}__{ev}") for cat, ev in _TRACEPOINT.findall(text)]
+def tracepoints(text: str, sock_data: bool = True) -> list[tuple[str, str]]:
+    """The tracepoint programs of a program text to attach, in source order, as
+    ("category:event", function name): those of the data path in use
+    (socket_trace.c) and the ones every path needs."""
+    skip = "SYSCALL_DATA" if sock_data else "SOCK_DATA"
+    return [(f"{cat}:{ev}", f"tp__{cat}__{ev}") for macro, cat, ev in _TRACEPOINT.findall(text) if macro != skip]
 
 
 def cflags(opts: ProbeOptions) -> list[str]:
@@ -88,6 +96,7 @@ def cflags(opts: ProbeOptions) -> list[str]:
         f"-DCOPY_LIMIT={opts.copy_limit}",
         *(f"-DGO_DEFAULT_{name.upper()}={value}" for name, value in GO_DEFAULT_FD_LAYOUT._asdict().items()),
         "-Wno-unused-function",
+        *opts.includes,
     ]
 
 
@@ -114,7 +123,7 @@ class Probes:
             self.bpf.cleanup()
             raise ProbeError(f"loading the copying programs failed: {exc}") from exc
         # Only now, with the copying programs in place, is any call traced.
-        for tp, fn in tracepoints(text):
+        for tp, fn in tracepoints(text, opts.sock_data):
             try:
                 self.bpf.attach_tracepoint(tp=tp, fn_name=fn.encode())
             except Exception as exc:  # noqa: BLE001 (bcc raises bare Exception)
@@ -127,6 +136,7 @@ class Probes:
             self.bpf.cleanup()
             raise ProbeError(f"reading the ring buffer: {exc}") from exc
         self._ignore = self.bpf["ignore_tgid"]
+        self._shed = self.bpf["shed_state"]
         self._counters = self.bpf["counters"]
         self._tls_pids = self.bpf["tls_pids"] if opts.filter_tls_pids else None
 
@@ -147,6 +157,13 @@ class Probes:
         return out
 
     # -- control -----------------------------------------------------------
+    def shedding(self) -> bool:
+        """The kernel's shedding flag (common.h): set by us, or by the kernel when the ring refused a record."""
+        return bool(self._shed[ctypes.c_int(0)].value)
+
+    def set_shedding(self, on: bool) -> None:
+        self._shed[ctypes.c_int(0)] = ctypes.c_uint32(int(on))
+
     def ignore_pid(self, pid: int) -> None:
         self._ignore[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 

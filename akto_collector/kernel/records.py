@@ -40,4 +40,8 @@ KERNEL_COUNTERS = {
     13: "kernel.dropped.go_tls_unconfirmed",
     14: "kernel.dropped.go_tls_layout_mismatch",
     15: "kernel.go_tls.default_layout",
+    16: "kernel.dropped.shed_connections",
+    17: "kernel.dropped.shed_calls",
+    18: "kernel.dropped.shed_bytes",
+    19: "kernel.dropped.shed_requests",
 }

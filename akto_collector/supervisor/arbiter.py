@@ -24,7 +24,10 @@ import signal
 import time
 from collections import Counter, deque
 
-from akto_collector import __version__, compiled, exits
+import psutil
+
+from akto_collector import __version__, cgroups, compiled, exits, procfs
+from akto_collector.allocator import release_freed_memory, tune_allocator
 from akto_collector.config import ConfigError, Settings, with_env_file
 from akto_collector.kernel import headers
 from akto_collector.kernel.errors import ProbeError
@@ -37,14 +40,16 @@ from akto_collector.supervisor.memory import (
     MemoryGuard,
     buffer_budget,
     private_memory,
-    release_freed_memory,
 )
 from akto_collector.supervisor.metrics import Snapshot
 from akto_collector.supervisor.notify import Notifier
+from akto_collector.supervisor.podtags import PodTags
+from akto_collector.supervisor.podwatch import PodWatch
 from akto_collector.supervisor.reexec import STATE_VAR, ExecState, exec_afresh, file_overrides, starting_environment
 from akto_collector.supervisor.router import Router
+from akto_collector.supervisor.shedding import Shedder
 from akto_collector.supervisor.uprobes import UprobeManager
-from akto_collector.supervisor.workers import WorkerHandle
+from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 
 DRAIN_INTERVAL_MS = 10
 HOUSEKEEPING_SECONDS = 1.0
@@ -55,10 +60,10 @@ CRASH_QUIET = 60.0  # a worker that lived this long resets its slot's crash coun
 FIRST_HEARTBEAT = 2.0  # seconds after ready
 
 
-def _load_probes(settings):
+def _load_probes(settings, includes: list[str], sock_data: bool):
     from akto_collector.kernel import loader  # noqa: PLC0415 (bcc only where the kernel side runs)
 
-    return loader.Probes(loader.ProbeOptions.from_settings(settings))
+    return loader.Probes(loader.ProbeOptions.from_settings(settings, includes, sock_data))
 
 
 class Arbiter:
@@ -76,9 +81,13 @@ class Arbiter:
         self.signals: deque[int] = deque()
         self.workers: list[WorkerHandle] = []
         self.probes = None
-        self.router = Router(settings.workers)
         self.uprobes: UprobeManager | None = None
         self.counters: Counter = Counter()  # the supervisor's own
+        # Each process's tag: what /proc says of its pod, and the API, when asked to watch it.
+        self.pod_watch = PodWatch(settings.node_name, settings.k8s_service_account_dir, log, self.counters,
+                                  environ=env) if settings.k8s_metadata_capture else None
+        self.pod_tags = PodTags(settings.inject_tags, self.counters, self.pod_watch, log=log)
+        self.router = Router(settings.workers, self.pod_tags)
         self.state = ExecState.from_env(env)
         self.retired: Counter = Counter(self.state.counters)  # totals before this image, and of replaced workers
         self.restarts: Counter = Counter(self.state.restarts)
@@ -96,6 +105,13 @@ class Arbiter:
         self.shut_down = False
         self.heartbeat = None
         self.next_heartbeat = 0.0
+        self.shedder = Shedder(settings.ring_buffer_mb << 20)
+        self.bpf_bytes = 0  # the BPF maps and programs, once loaded
+        self.memory_dirs = cgroups.own_dirs("memory")
+        self.shed_since = 0.0
+        self.cpu_dirs = cgroups.own_dirs("cpu")
+        self.throttled = False
+        self.throttled_at: int | None = None
 
     # -- signals: handlers only enqueue -------------------------------------------------
 
@@ -153,24 +169,36 @@ class Arbiter:
             except OSError as exc:
                 raise ConfigError(f"AKTO_METRICS_ADDR={s.metrics_addr!r}: cannot listen there: {exc.strerror or exc}; "
                                   "expected a free local address, or empty to serve no endpoint") from None
-        note = headers.ensure_kernel_headers()
-        if note:
-            self.log.warning("kernel_headers_fallback", detail=note)
+        tune_allocator()
+        found = headers.find_kernel_headers()
+        includes = headers.use_kernel_headers(found)
+        if found.kind != "exact":
+            self.log.warning("kernel_headers_fallback", kind=found.kind, using=found.describe())
         headers.ensure_tracefs()
+        sock_data = headers.use_sock_tracepoints(s.sock_tracepoints)
+        if not sock_data:
+            self.log.warning("syscall_data_path", setting=s.sock_tracepoints,
+                             detail="no sock:sock_{send,recv}_length tracepoints (Linux 6.3+)" if
+                             s.sock_tracepoints == "auto" else "forced by AKTO_SOCK_TRACEPOINTS=off")
         self.log.info("starting", version=__version__, restarts=dict(self.restarts), settings=s.describe())
+        if self.pod_watch is not None:
+            self.pod_watch.start()  # its first list may arrive while the programs load
         if s.mongo_conn:
             self.log.info("mongo_ignored", detail="AKTO_MONGO_CONN is accepted for manifest compatibility; "
                           "this collector keeps nothing in a database")
         t0 = time.monotonic()
-        self.probes = self.probes_factory(s)
+        self.probes = self.probes_factory(s, includes, sock_data)
         self.probes.ignore_pid(os.getpid())
         release_freed_memory()
+        self.bpf_bytes = procfs.bpf_memory("/proc", os.getpid())
         self.log.info("probes_loaded", seconds=round(time.monotonic() - t0, 2), capture_plain=s.capture_all,
-                      capture_tls=s.capture_ssl)
+                      capture_tls=s.capture_ssl, data_path="sock" if sock_data else "syscall",
+                      bpf_memory_mb=round(self.bpf_bytes / 1e6, 1))
         # Workers start once the programs are loaded: the collector's own size
         # is known then (the buffers must fit next to it under the memory
         # threshold), and a fork of the supervisor is ignored by the kernel from birth.
-        own = sum(private_memory([os.getpid()]).values())
+        # The BPF maps and the ring buffer count against the threshold too (guard_memory).
+        own = sum(private_memory([os.getpid()]).values()) + self.bpf_bytes
         self.budget = buffer_budget(s.buffer_threshold_bytes, s.mem_thresh_restart_bytes, own, s.workers)
         if self.budget < s.buffer_threshold_bytes:
             self.log.warning("buffer_budget_reduced", budget_mb=round(self.budget / 2**20, 1),
@@ -178,6 +206,10 @@ class Arbiter:
                              supervisor_mb=round(own / 2**20, 1), workers=s.workers,
                              detail="TRAFFIC_BUFFER_THRESHOLD does not fit under AKTO_MEM_THRESH_RESTART next to the "
                                     "collector itself: buffering less, so that an outage does not end in a restart")
+        # Every process alive now: their connections may predate the programs and come with no OPEN or ADDR.
+        self.pod_tags.scan()
+        self.log.info("processes_tagged", processes=len(self.pod_tags.known),
+                      in_pods=self.counters["tags.pod_processes"], api=self.pod_watch is not None)
         for i in range(s.workers):
             self.workers.append(self.spawn_worker(i))
             self.probes.ignore_pid(self.workers[-1].pid)
@@ -206,6 +238,7 @@ class Arbiter:
         while not self.stopping:
             probes.wait(DRAIN_INTERVAL_MS)
             router.drain(probes)
+            self.steer_shedding()
             router.flush(self.workers)
             health.last_loop = now = time.monotonic()
             if self.signals:
@@ -217,24 +250,57 @@ class Arbiter:
                     self.uprobes.on_exec(pid)
             if router.exits:
                 self.exited.update(router.exits)
+                for pid in router.exits:
+                    self.pod_tags.forget(pid)
                 router.exits.clear()
             if now >= next_housekeeping:
                 next_housekeeping = now + HOUSEKEEPING_SECONDS
                 self.housekeep(self.manage_workers)
                 self.housekeep(self.guard_memory)
+                self.housekeep(self.watch_throttling)
                 self.housekeep(self.publish)
+                self.housekeep(self.refresh_tags)
                 if self.heartbeat is not None:
                     self.housekeep(self.heartbeat.poll)
             if now >= next_stats:
                 next_stats = now + s.stats_interval
                 self.housekeep(self.log_stats)
                 self.housekeep(self.clean_kernel_tables)
+                self.housekeep(self.sweep_tags)
             if now >= next_uprobe_poll and self.uprobes is not None:
                 next_uprobe_poll = now + s.uprobe_poll_interval
                 self.uprobes.rescan_all()
             if self.heartbeat is not None and now >= self.next_heartbeat:
                 self.next_heartbeat = now + s.heartbeat_interval
                 self.send_heartbeat()
+
+    def steer_shedding(self) -> None:
+        """After each drain: tell the kernel whether to shed new connections (shedding.py)."""
+        kernel_on = self.probes.shedding()
+        # Behind: records pile up in front of a worker faster than it parses
+        # them. Not while its broker is down: then the sink holds the byte
+        # budget and the outage policy applies (keep the newest, drop the
+        # oldest, counted).
+        behind = any(2 * w.queue.qsize() > QUEUE_BATCHES or
+                     (2 * w.queued_bytes > w.max_queue_bytes and w.last_report.get("sink") != "disconnected")
+                     for w in self.workers)
+        was = self.shedder.reason
+        reason = self.shedder.decide(self.router.pending, kernel_on, behind, self.throttled)
+        if (reason is not None) != kernel_on:
+            self.probes.set_shedding(reason is not None)
+        if reason and not was:
+            self.shed_since = time.monotonic()
+            self.log.warning("shedding_started", reason=reason,
+                             ring_fill_pct=round(100 * self.router.pending / self.shedder.ring_size, 1),
+                             detail="new HTTP/1 connections are tracked and counted, not copied")
+        elif was and not reason:
+            self.log.info("shedding_stopped", after_reason=was, seconds=round(time.monotonic() - self.shed_since, 2))
+
+    def watch_throttling(self) -> None:
+        """Whether the cgroup throttled us since the last look: shed rather than be throttled."""
+        n = cgroups.throttled_periods(self.cpu_dirs)
+        self.throttled = n is not None and self.throttled_at is not None and n > self.throttled_at
+        self.throttled_at = n
 
     def housekeep(self, task) -> None:
         """Periodic work must never take the drain down: a failure is logged and counted."""
@@ -255,6 +321,8 @@ class Arbiter:
             self.notifier.stopping()
         if self.uprobes is not None:
             self.uprobes.stop()
+        if self.pod_watch is not None:
+            self.pod_watch.stop()
         if self.probes is not None:
             self.router.drain(self.probes)
             self.router.flush(self.workers)
@@ -276,6 +344,12 @@ class Arbiter:
     def spawn_worker(self, index: int) -> WorkerHandle:
         w = WorkerHandle(index, self.settings, self.output, self.ctx, self.budget)
         w.start()
+        # Its first batch: every process's tag (an idle worker's queue takes it),
+        # ahead of what a predecessor left; what waited for the slot is in it.
+        records = self.pod_tags.records()
+        if records:
+            w.submit(b"".join(records), 0)
+        self.router.control[index].clear()
         return w
 
     def manage_workers(self) -> None:
@@ -383,9 +457,20 @@ class Arbiter:
         """Private memory of each process of the collector: the supervisor and its workers."""
         return private_memory([os.getpid()] + [w.pid for w in self.workers if w.process is not None])
 
+    def working_set(self) -> int | None:
+        """The cgroup's working set, when the cgroup is the collector's own."""
+        pids = {os.getpid()} | {w.pid for w in self.workers if w.process is not None}
+        try:
+            pids |= {c.pid for c in psutil.Process().children(recursive=True)}
+        except psutil.Error:
+            pass
+        return cgroups.working_set(self.memory_dirs) if cgroups.holds_only(self.memory_dirs, pids) else None
+
     def guard_memory(self) -> None:
+        # What the collector holds: its processes' private memory and the BPF
+        # maps (charged to it too; the ring buffer alone is AKTO_RING_BUFFER_MB).
         per_process = self.memory()
-        used = sum(per_process.values())
+        used = sum(per_process.values()) + self.bpf_bytes
         was_shedding = self.router.shed
         verdict = self.guard.check(time.time(), used)
         self.router.shed = verdict == SHED
@@ -443,6 +528,17 @@ class Arbiter:
         self.state.counters = dict(totals)
         return dict(env, **{STATE_VAR: self.state.encode()})
 
+    # -- tags ---------------------------------------------------------------------------------
+
+    def refresh_tags(self) -> None:
+        """Once a second: the tags of the pods the API said something new about, to the workers."""
+        if self.pod_watch is not None:
+            self.router.broadcast(self.pod_tags.refresh(self.pod_watch.take_changes()))
+
+    def sweep_tags(self) -> None:
+        """Every stats interval: processes whose exit was missed, pids reused."""
+        self.router.broadcast(self.pod_tags.sweep())
+
     # -- kernel tables ----------------------------------------------------------------------
 
     def clean_kernel_tables(self) -> None:
@@ -485,7 +581,8 @@ class Arbiter:
             processes_covered=self.uprobes.processes_covered if self.uprobes is not None else 0,
             ring_fill=self.router.ring_peak / ring.size if ring is not None else 0.0,
             memory={names.get(pid, str(pid)): used for pid, used in memory.items()},
-            restarts=self.restarts, ready=self.health.ready(now), healthy=self.health.healthy(now))
+            restarts=self.restarts, ready=self.health.ready(now), healthy=self.health.healthy(now),
+            bpf_memory=self.bpf_bytes, working_set=self.working_set())
         if self.health.healthy(now):
             self.notifier.watchdog(now)
         self.notifier.status(self.status_line())
@@ -498,7 +595,9 @@ class Arbiter:
                       drops=stats.drops(total), counters=dict(sorted(total.items())),
                       workers=stats.worker_fields(self.workers), uprobes=self.attached(),
                       ring_peak_pct=round(100 * self.router.ring_peak / ring.size, 1) if ring is not None else 0,
-                      rss_mb=round(sum(self.memory().values()) / 1e6, 1), restarts=dict(self.restarts))
+                      rss_mb=round(sum(self.memory().values()) / 1e6, 1), bpf_mb=round(self.bpf_bytes / 1e6, 1),
+                      working_set_mb=round(ws / 1e6, 1) if (ws := self.working_set()) is not None else None,
+                      shedding=self.shedder.reason, restarts=dict(self.restarts))
         self.router.ring_peak = 0
 
     def send_heartbeat(self) -> None:

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import ctypes
-import ctypes.util
-
 import psutil
 
 BACKOFF_FIRST = 10.0  # seconds before a restart that follows another within QUIET
@@ -43,16 +40,6 @@ def buffer_budget(configured: int, threshold: int, own: int, workers: int) -> in
     the buffers would end in a restart that loses them all."""
     room = threshold - own - workers * WORKER_RESERVE - threshold // 40
     return min(configured, max(MIN_BUFFER_BUDGET, room))
-
-
-def release_freed_memory() -> None:
-    """Give back to the system what the allocator keeps after the programs'
-    compile (LLVM frees ~30 MB that glibc would otherwise hold)."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def private_memory(pids: Iterable[int]) -> dict[int, int]:

@@ -32,10 +32,10 @@ class Snapshot:
     """What one scrape shows: plain data, built by the loop, read by the HTTP thread."""
 
     __slots__ = ("counters", "workers", "uprobes", "processes_covered", "ring_fill", "memory", "restarts",
-                 "ready", "healthy")
+                 "ready", "healthy", "bpf_memory", "working_set")
 
     def __init__(self, counters=None, workers=(), uprobes=0, processes_covered=0, ring_fill=0.0, memory=None,
-                 restarts=None, ready=False, healthy=False):
+                 restarts=None, ready=False, healthy=False, bpf_memory=0, working_set=None):
         self.counters = dict(counters or {})
         self.workers = list(workers)  # dicts: worker, pid, connections, buffered, queue, queued_bytes, sink
         self.uprobes = uprobes
@@ -45,6 +45,8 @@ class Snapshot:
         self.restarts = dict(restarts or {})  # cause -> count
         self.ready = ready
         self.healthy = healthy
+        self.bpf_memory = bpf_memory  # the BPF maps and ring buffer: charged to the cgroup, in no RSS
+        self.working_set = working_set  # the cgroup's, when it holds only the collector (kubectl top)
 
 
 class SnapshotCollector(Collector):
@@ -105,6 +107,12 @@ class SnapshotCollector(Collector):
         for process, value in sorted(snap.memory.items()):
             memory.add_metric([process], value)
         yield memory
+        yield GaugeMetricFamily("akto_collector_bpf_memory_bytes", "The BPF maps and ring buffer: charged to the "
+                                "memory cgroup, in no process's RSS", value=snap.bpf_memory)
+        if snap.working_set is not None:
+            yield GaugeMetricFamily("akto_collector_cgroup_working_set_bytes", "The working set of the collector's "
+                                    "own cgroup (what kubectl top shows; what a memory limit acts on)",
+                                    value=snap.working_set)
         yield GaugeMetricFamily("akto_collector_ready", "1 when every probe is attached and the sink is usable",
                                 value=1 if snap.ready else 0)
         yield GaugeMetricFamily("akto_collector_healthy", "1 while the supervisor's loop runs",

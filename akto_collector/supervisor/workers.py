@@ -88,17 +88,19 @@ class WorkerHandle:
     def queued_bytes(self) -> int:
         return self.submitted_bytes - self.sent_bytes
 
-    def submit(self, blob: bytes, records: int) -> None:
+    def submit(self, blob: bytes, records: int) -> bool:
+        """Queue a blob of ``records`` records; False when it was dropped (and counted)."""
         queued = self.submitted_bytes - self.sent_bytes
         if queued and queued + len(blob) > self.max_queue_bytes:  # an idle worker always gets one
             self.dropped += records
-            return
+            return False
         try:
             self.queue.put_nowait((blob, records))
         except queue.Full:
             self.dropped += records
-            return
+            return False
         self.submitted_bytes += len(blob)
+        return True
 
     def read_reports(self) -> None:
         while self.report_rx.poll():

@@ -134,10 +134,11 @@ class Collector:
 def start_collector(ebpf_available, tmp_path):
     started: list[Collector] = []
 
-    def start(env: dict[str, str] | None = None, args=None, wait_ready: bool = True) -> Collector:
+    def start(env: dict[str, str] | None = None, args=None, wait_ready: bool = True,
+              python: str = sys.executable) -> Collector:
         d = tmp_path / f"c{len(started)}"
         d.mkdir()
-        c = Collector(d, env, args)
+        c = Collector(d, env, args, python=python)
         started.append(c)
         if wait_ready:
             c.wait_log("ready", timeout=120)
@@ -246,3 +247,15 @@ def have(tool: str) -> bool:
 
 
 __all__ = ["Collector", "Nginx", "PyServer", "free_port", "header", "run", "have", "threading"]
+
+
+# The application server most tests drive (app_server.py), as a PyServer script.
+APP = str(Path(__file__).with_name("app_server.py"))
+APP_SCRIPT = f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:]; runpy.run_path({APP!r}, run_name='__main__')"
+
+
+@pytest.fixture
+def app():
+    srv = PyServer(APP_SCRIPT, free_port())
+    yield srv
+    srv.stop()

@@ -189,7 +189,8 @@ def test_upgrade_h2c_continues_as_http2(collector):
             assert p["statusCode"] == "200"
             assert json.loads(p["responsePayload"]) == {"path": "/upgraded", "h2c": True}
             assert header(p["requestHeaders"], "upgrade") == "h2c"
-        assert collector.stats().get("stream.protocol_switch", 0) >= 2
+        # The stats line comes every second: wait for the one that counts both switches.
+        collector.wait_log("stats", timeout=10, pred=lambda r: r["counters"].get("stream.protocol_switch", 0) >= 2)
     finally:
         srv.kill()
         srv.wait()

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Nginx, PyServer, free_port, header, run
+from conftest import APP_SCRIPT, Nginx, PyServer, free_port, header, run
 
 pytestmark = pytest.mark.ebpf
-APP = str(Path(__file__).with_name("app_server.py"))
-APP_SCRIPT = f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:]; runpy.run_path({APP!r}, run_name='__main__')"
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +51,10 @@ def test_curl_get_both_sides(collector, app):
         assert p["is_pending"] == "false" and p["source"] == "MIRRORING"
         assert all(isinstance(v, str) for v in p.values())
         assert abs(int(p["time"]) - time.time()) < 60
-    # The server sees the client as its peer, and itself as the destination.
-    assert server["destIp"] == f"127.0.0.1:{app.port}"
-    assert server["ip"].startswith("127.0.0.1:")
-    assert client["ip"] == f"127.0.0.1:{app.port}"
-    assert client["destIp"] == server["ip"]
+    # As Akto's collector: "ip" is the client end, "destIp" the server end, seen from either side.
+    assert server["destIp"] == client["destIp"] == f"127.0.0.1:{app.port}"
+    assert server["ip"].startswith("127.0.0.1:") and server["ip"] != server["destIp"]
+    assert client["ip"] == server["ip"]
     assert server["process_id"] == str(app.proc.pid)
     assert client["process_name"] == "curl"
 

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import PyServer, free_port, run
+from conftest import run
 
 pytestmark = pytest.mark.ebpf
-APP = str(Path(__file__).with_name("app_server.py"))
-APP_SCRIPT = f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:]; runpy.run_path({APP!r}, run_name='__main__')"
 
-
-@pytest.fixture
-def app():
-    srv = PyServer(APP_SCRIPT, free_port())
-    yield srv
-    srv.stop()
 
 
 def curl(port, path, *extra):

@@ -13,23 +13,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, PyServer, free_port, run
+from conftest import REPO, run
 
 pytestmark = pytest.mark.ebpf
-APP = str(Path(__file__).with_name("app_server.py"))
-APP_SCRIPT = f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:]; runpy.run_path({APP!r}, run_name='__main__')"
 
-
-@pytest.fixture
-def app():
-    srv = PyServer(APP_SCRIPT, free_port())
-    yield srv
-    srv.stop()
 
 
 def get(url: str) -> tuple[int, bytes]:

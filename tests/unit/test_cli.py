@@ -56,5 +56,5 @@ def test_dump_bpf_prints_program():
     r = subprocess.run([sys.executable, "-m", "akto_collector", "run", "--dump-bpf"], env=clean_env(),
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0
-    assert "TRACEPOINT(syscalls, sys_exit_read)" in r.stdout
+    assert "SOCK_DATA(sock, sock_recv_length)" in r.stdout
     assert "-DMAX_CONN=4096" in r.stdout

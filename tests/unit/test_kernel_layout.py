@@ -91,10 +91,17 @@ def test_every_tracepoint_program_is_attached_by_the_loader_once_the_copying_pro
     text = program_text(ProbeOptions())
     # bcc attaches a TRACEPOINT_PROBE while loading, before the program arrays are filled.
     assert "TRACEPOINT_PROBE(" not in text.replace("TRACEPOINT_PROBE:", "")
-    found = tracepoints(text)
-    names = {tp for tp, _ in found}
-    assert len(names) == len(found)  # each once
-    assert {"syscalls:sys_enter_read", "syscalls:sys_exit_write", "sock:sock_recv_length",
-            "sched:sched_process_exec"} <= names
-    assert all(fn == "tp__" + tp.replace(":", "__") for tp, fn in found)
-    assert all(f"TRACEPOINT({tp.replace(':', ', ')})" in text for tp in names)
+    sock, syscall = tracepoints(text, sock_data=True), tracepoints(text, sock_data=False)
+    for found in (sock, syscall):
+        names = {tp for tp, _ in found}
+        assert len(names) == len(found)  # each once
+        assert {"syscalls:sys_enter_accept4", "syscalls:sys_enter_close", "syscalls:sys_exit_sendfile64",
+                "sched:sched_process_exec", "sock:inet_sock_set_state"} <= names
+        assert all(fn == "tp__" + tp.replace(":", "__") for tp, fn in found)
+    # The two data paths: a read or write on a file costs nothing on the first.
+    only_sock = {tp for tp, _ in sock} - {tp for tp, _ in syscall}
+    only_syscall = {tp for tp, _ in syscall} - {tp for tp, _ in sock}
+    assert only_sock == {"sock:sock_recv_length", "sock:sock_send_length"}
+    assert {"syscalls:sys_enter_read", "syscalls:sys_exit_write", "syscalls:sys_exit_recvmsg"} <= only_syscall
+    assert all(f"SOCK_DATA({tp.replace(':', ', ')})" in text for tp in only_sock)
+    assert all(f"SYSCALL_DATA({tp.replace(':', ', ')})" in text for tp in only_syscall)

@@ -18,7 +18,7 @@ CONTRACT_FIELDS = [
     "akto_account_id", "akto_vxlan_id", "process_id", "socket_id", "process_name", "daemonset_id", "tag",
 ]
 META = ConnMeta(pid=4242, fd=17, comm="python3", local="10.0.2.7:8080", peer="10.0.1.5:43210",
-                tags={"pod": "api-7f9", "namespace": "shop"})
+                tag='{"pod":"api-7f9","namespace":"shop"}')
 ENC = MessageEncoder(account_id="1000000", vxlan_id="0", daemonset_id="ds-test")
 
 
@@ -66,6 +66,19 @@ def test_client_role_direction_and_key():
     key, value = ENC.encode(ex(role=ROLE_CLIENT), META)
     assert decode(value)["direction"] == "2"
     assert key == b"10.0.2.7"  # the client is this process: its own IP
+
+
+@pytest.mark.parametrize("role, direction", [(ROLE_SERVER, "1"), (ROLE_CLIENT, "2")])
+def test_ip_is_the_client_end_and_dest_ip_the_server_end_in_both_directions(role, direction):
+    """As Akto's own collector: ingress sends (remote, local), egress (local, remote)."""
+    msg = decode(ENC.encode(ex(role=role), META)[1])
+    assert msg["direction"] == direction
+    if role == ROLE_SERVER:  # a client at 10.0.1.5 called this process
+        assert (msg["ip"], msg["destIp"]) == ("10.0.1.5:43210", "10.0.2.7:8080")
+    else:  # this process at 10.0.2.7 called the peer
+        assert (msg["ip"], msg["destIp"]) == ("10.0.2.7:8080", "10.0.1.5:43210")
+    key = ENC.encode(ex(role=role), META)[0]
+    assert msg["ip"].startswith(key.decode() + ":")  # the Kafka key is the client's IP too
 
 
 def test_ipv6_key_has_no_port():
@@ -155,11 +168,12 @@ def reference_encode(enc: MessageEncoder, x: Exchange, meta: ConnMeta) -> tuple[
         "responsePayload": payload_text(resp.body, resp.body_cut, resp.body_size),
         "statusCode": str(resp.status),
         "status": f"{resp.status} {resp.reason}" if resp.reason else str(resp.status),
-        "ip": meta.peer, "destIp": meta.local, "time": str(int(req.ts or resp.ts)),
+        "ip": meta.local if client else meta.peer, "destIp": meta.peer if client else meta.local,
+        "time": str(int(req.ts or resp.ts)),
         "direction": "2" if client else "1", "is_pending": "false", "source": "MIRRORING",
         "akto_account_id": enc._account_id, "akto_vxlan_id": enc._vxlan_id,
         "process_id": str(meta.pid), "socket_id": str(meta.fd), "process_name": meta.comm,
-        "daemonset_id": enc._daemonset_id, "tag": orjson.dumps(meta.tags).decode() if meta.tags else "{}",
+        "daemonset_id": enc._daemonset_id, "tag": meta.tag,
         "requestPayloadCut": "true" if req.body_cut else "false",
         "responsePayloadCut": "true" if resp.body_cut else "false",
         "requestPayloadSize": str(req.body_size), "responsePayloadSize": str(resp.body_size),
@@ -169,7 +183,7 @@ def reference_encode(enc: MessageEncoder, x: Exchange, meta: ConnMeta) -> tuple[
 
 
 ODD_META = ConnMeta(pid=1, fd=3, comm='we"ird\\ \x01 caf\u00e9', local="[::1]:8080", peer="[fe80::1]:5000",
-                    tags={"k": 'v"\\\n'})
+                    tag=orjson.dumps({"k": 'v"\\\n'}).decode())
 
 
 @pytest.mark.parametrize("headers", [
@@ -190,10 +204,10 @@ def test_value_is_byte_identical_to_one_dict_through_orjson(headers):
         for meta in (META, ODD_META, META):  # META twice: the second use hits the per-connection cache
             x = ex(role=role, req_headers=headers, req_body=b'{"a": "\\"q\\""}', resp_body=b"\xff\n\t{}")
             assert enc.encode(x, meta) == reference_encode(enc, x, meta)
-    meta = ConnMeta(pid=9, fd=9, local="10.0.0.1:1", peer="10.0.0.2:2", tags={"a": "1"})
+    meta = ConnMeta(pid=9, fd=9, local="10.0.0.1:1", peer="10.0.0.2:2", tag='{"a":"1"}')
     x = ex(req_headers=headers)
     assert enc.encode(x, meta) == reference_encode(enc, x, meta)
-    meta.tags["a"] = "2"  # the worker may update a ConnMeta in place
+    meta.tag = '{"a":"2"}'  # the worker may update a ConnMeta in place (the supervisor relabelled it)
     meta.comm = "renamed"
     assert enc.encode(x, meta) == reference_encode(enc, x, meta)
 
