@@ -54,7 +54,7 @@ def test_installed_package_carries_the_programs_and_its_compiled_core(installed)
     text = subprocess.run([str(installed), "-m", "akto_collector", "run", "--dump-bpf"], capture_output=True,
                           text=True, cwd="/", timeout=60, env={k: v for k, v in os.environ.items()
                                                               if not k.startswith(("AKTO_", "TRAFFIC_"))}).stdout
-    assert "TRACEPOINT(syscalls, sys_exit_read)" in text and "struct ev_hdr" in text
+    assert "SOCK_DATA(sock, sock_recv_length)" in text and "struct ev_hdr" in text
 
 
 def test_installed_collector_loads_its_programs_and_captures(installed, ebpf_available, tmp_path):

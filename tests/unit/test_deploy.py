@@ -44,8 +44,9 @@ DOCKERFILE = REPO / "Dockerfile"
 SETUP_SCRIPT = "scripts/setup-system.sh"
 UNIT = REPO / "packaging" / "akto-collector.service"
 ENV_FILE = REPO / "packaging" / "akto-collector.env"
-# Akto's DaemonSet guide, the variables and values existing manifests carry.
-SEED = REPO.parent / "shared" / "seed" / "000_58be8560a76d0d21.txt"
+# Akto's DaemonSet guide, the variables and values existing manifests carry
+# (a recorded copy: a clone must test without anything beside it).
+SEED = REPO / "tests" / "data" / "akto-daemonset-guide.txt"
 # The schema version the manifest is written for (appArmorProfile is 1.30's).
 KUBERNETES_VERSION = "1.30.0"
 # What the collector needs beyond an unprivileged root (the manifest's comments say why).
