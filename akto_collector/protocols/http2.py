@@ -433,7 +433,9 @@ class Http2Parser:
     def _end_half(self, st, half) -> None:
         half.ended = True
         if st.req.ended and st.resp.ended:  # (an early response waits: its request has not ended)
-            if st.resp.msg is None:
+            if st.req.msg is None:  # the request's headers were never seen (lost, or joined mid-way)
+                self._drop(st, "http2.unpaired_response")
+            elif st.resp.msg is None:
                 self._drop(st, "http2.unanswered_stream")
             else:
                 self._emit(st, None)
