@@ -21,6 +21,7 @@ from typing import Callable
 import orjson
 
 from akto_collector.addresses import split_host_port
+from akto_collector.compiled import module_status, summary
 from akto_collector.kernel import headers as kheaders
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -117,13 +118,7 @@ class Host:
     port_free: Callable[[str], str | None] = _port_free
     reachable: Callable[[str], str | None] = _reachable
     tls_coverage: Callable = _tls_coverage
-    core_status: Callable[[], dict] = field(default=None)  # compiled.module_status
-
-    def __post_init__(self) -> None:
-        if self.core_status is None:
-            from akto_collector.compiled import module_status  # noqa: PLC0415
-
-            self.core_status = module_status
+    core_status: Callable[[], dict] = module_status
 
 
 def _version(release: str) -> tuple[int, int]:
@@ -246,8 +241,6 @@ def checks(settings, host: Host | None = None) -> list[Check]:
                 "stop what listens there (another collector?) or choose another address")
         else:
             add("metrics", OK, f"{settings.metrics_addr} free")
-
-    from akto_collector.compiled import summary  # noqa: PLC0415
 
     status = h.core_status()
     core = summary(status)

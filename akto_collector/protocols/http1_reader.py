@@ -41,6 +41,7 @@ from akto_collector.protocols.http1_syntax import (
     STATUS_LINE_B,
     body_framing,
     content_length,
+    head_end,
     parse_fields,
     plain_request_line,
 )
@@ -435,13 +436,8 @@ class MessageReader:
                 return n
         limits = self._limits
         s = i if not old else max(i, self._scan)
-        e = b.find(b"\n\r\n", s)
-        e2 = b.find(b"\n\n", s, e if e >= 0 else n)
-        if e2 >= 0:
-            e, body = e2, e2 + 2
-        elif e >= 0:
-            body = e + 3
-        else:
+        e, body = head_end(b, s, n)
+        if e < 0:
             # Incomplete head: check its start line now, so garbage is not
             # buffered up to the head limit before being recognised.
             if not self._line_ok:
@@ -625,13 +621,8 @@ class MessageReader:
             if b[i + 1] == 10:
                 self._complete()
                 return i + 2
-        e = b.find(b"\n\r\n", i)
-        e2 = b.find(b"\n\n", i, e if e >= 0 else n)
-        if e2 >= 0:
-            e, end = e2, e2 + 2
-        elif e >= 0:
-            end = e + 3
-        else:
+        e, end = head_end(b, i, n)
+        if e < 0:
             if n - i > self._limits.max_head_bytes:
                 self._counters["http.head_too_large"] += 1
                 return self._malformed(i)

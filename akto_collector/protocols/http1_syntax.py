@@ -95,3 +95,16 @@ def content_length(value: str) -> int | None:
         if v.isascii() and v.isdigit() and len(v) <= 18:
             return int(v)
     return None
+
+
+def head_end(b, start: int, n: int) -> tuple[int, int]:
+    """Where a head or a trailer section that begins before ``start`` ends in
+    ``b[:n]``: (the index of its last line's LF, the index after the empty
+    line), accepting bare LF line ends too; (-1, -1) when not yet."""
+    e = b.find(b"\n\r\n", start)
+    e2 = b.find(b"\n\n", start, e if e >= 0 else n)
+    if e2 >= 0:
+        return e2, e2 + 2
+    if e >= 0:
+        return e, e + 3
+    return -1, -1

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Collector, PyServer, free_port, run
+from conftest import APP_SCRIPT, REPO, Collector, PyServer, free_port, run
 
 pytestmark = pytest.mark.ebpf
-APP = str(Path(__file__).with_name("app_server.py"))
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,7 @@ def test_installed_package_carries_the_programs_and_its_compiled_core(installed)
 
 
 def test_installed_collector_loads_its_programs_and_captures(installed, ebpf_available, tmp_path):
-    srv = PyServer(f"import runpy, sys; sys.argv = [{APP!r}] + sys.argv[1:]; runpy.run_path({APP!r}, run_name='__main__')",
-                   free_port())
+    srv = PyServer(APP_SCRIPT, free_port())
     c = Collector(tmp_path, {"AKTO_WORKERS": "1"}, python=str(installed), cwd="/")
     try:
         c.wait_log("ready", timeout=120)
