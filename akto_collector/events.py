@@ -17,6 +17,7 @@ RECV = 1  # the traced process read these bytes
 # DataEvent.flags
 FLAG_TLS = 1  # plaintext captured at a TLS library call, not at a socket syscall
 FLAG_CUT = 2  # last piece of its call: bytes [offset+len(data), total) were not copied
+FLAG_SHED = 4  # an HTTP/2 call copied while shedding: its gaps are DATA payloads left out (h2_walk)
 
 # Role of the traced process on a connection.
 ROLE_UNKNOWN = 0

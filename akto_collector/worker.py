@@ -13,7 +13,7 @@ import ipaddress
 import os
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 
 from akto_collector import exits, logs
 from akto_collector.allocator import tune_allocator
@@ -39,6 +39,13 @@ from akto_collector.protocols import PROTO_HTTP2
 from akto_collector.protocols.streams import ConnectionStream, CoreLimits
 
 REPORT_EVERY = 1.0
+# A connection's data can reach the ring after its close record: Go's TLS
+# data is emitted at the return of (*Conn).Write, and another goroutine may
+# close the socket (on another CPU) in between. A closed connection is
+# finished this long after its close record, so that such data still lands
+# (the kernel counts it: kernel.go_tls.data_after_close). What a close
+# completes waits as long; complete pairs never wait.
+CLOSE_GRACE = 0.25
 # A test hook: worker 0 stops reporting this many seconds after it started
 # (as a stuck worker would). Not a setting: no AKTO_ prefix, never documented.
 STALL_HOOK = "_AKTO_TEST_WORKER_STALL"
@@ -103,6 +110,8 @@ class Worker:
         self.role_hints: dict[ConnId, int] = {}
         self.meta_seen: dict[ConnId, float] = {}  # last time a connection's metadata was used
         self.by_tgid: dict[int, set[ConnId]] = {}  # for process exit
+        self.close_grace = CLOSE_GRACE
+        self.closing: deque = deque()  # (due on the monotonic clock, conn, the close's time), in due order
         # The supervisor's word on each process's tag (KIND_TAGS records); the rest have the fixed tags.
         self.base_tag = base_tag(settings.inject_tags)
         self.tags: dict[int, str] = {}
@@ -116,6 +125,7 @@ class Worker:
         counters = self.counters
         off, end = 0, len(blob)
         n = 0
+        due = time.monotonic() + self.close_grace
         while off < end:
             ts_ns, gen, call_pos, tgid, fd, total, offset, ln, kind, flags, direction, role, proto, _ = unpack(blob, off)
             start = off + HDR_SIZE
@@ -141,10 +151,10 @@ class Worker:
                 elif kind == KIND_ADDR or kind == KIND_OPEN:
                     self.on_address(conn, kind, role, blob[start:off], ts)
                 elif kind == KIND_CLOSE:
-                    self.close(conn, ts)
+                    self.closing.append((due, conn, ts))
                 elif kind == KIND_EXIT:
-                    for c in list(self.by_tgid.get(tgid, ())):
-                        self.close(c, ts)
+                    for c in self.by_tgid.get(tgid, ()):
+                        self.closing.append((due, c, ts))
                     self.tags.pop(tgid, None)
                 elif kind == KIND_TAGS:
                     n -= 1  # the supervisor's, not the kernel's
@@ -153,6 +163,15 @@ class Worker:
                 counters["worker.error." + type(exc).__name__] += 1
                 self.forget(conn)
         counters["worker.records"] += n
+        if self.closing:
+            self.finish_closed(time.monotonic())
+
+    def finish_closed(self, now: float) -> None:
+        """Finish the connections closed at least close_grace ago."""
+        closing = self.closing
+        while closing and closing[0][0] <= now:
+            _, conn, ts = closing.popleft()
+            self.close(conn, ts)
 
     def on_address(self, conn: ConnId, kind: int, role: int, payload: bytes, ts: float) -> None:
         family, sport, dport, _, saddr, daddr, comm = ADDR.unpack_from(payload)
@@ -323,6 +342,8 @@ def run(index: int, settings, output: str, data_rx, report_tx, budget: int | Non
             if not blob:
                 break
             worker.handle_batch(blob)
+        elif worker.closing:
+            worker.finish_closed(time.monotonic())
         worker.sink.poll()
         now = time.monotonic()
         if now >= next_report:
@@ -331,6 +352,7 @@ def run(index: int, settings, output: str, data_rx, report_tx, budget: int | Non
             report_tx.send(worker.report())
     # Order to stop: connections still open keep their half messages (counted
     # by expire), what is complete was already emitted; flush the sink.
+    worker.finish_closed(float("inf"))
     for cs in worker.streams.values():
         for ex in cs.expire():  # HTTP/2 streams that have their response go out, marked
             worker.emit(ex)

@@ -38,6 +38,7 @@
 
 #define FLAG_TLS 1
 #define FLAG_CUT 2
+#define FLAG_SHED 4 /* a call of an HTTP/2 connection shed: the gaps in it are DATA payloads left out */
 
 #define ROLE_UNKNOWN 0
 #define ROLE_SERVER 1
@@ -78,6 +79,10 @@
  * rest is flagged cut, with its size, and counted (kernel.cut_bytes). */
 #define MAX_PIECES 8
 #define MAX_IOV 1024 /* UIO_MAXIOV */
+/* An HTTP/2 call while shedding (h2_walk): frame headers read per run of the
+ * copying program, DATA payloads that may be left out per call (a power of two). */
+#define H2_WALK 16 /* per run */
+#define H2_SKIPS 32
 
 /* Counter slots (array map `counters`); the comment is the name user space
  * reports it under (kernel/records.py KERNEL_COUNTERS, checked by a test).
@@ -102,6 +107,7 @@
 #define C_SHED_CALLS 17 /* kernel.dropped.shed_calls */
 #define C_SHED_BYTES 18 /* kernel.dropped.shed_bytes */
 #define C_SHED_REQUESTS 19 /* kernel.dropped.shed_requests */
+#define C_GO_AFTER_CLOSE 20 /* kernel.go_tls.data_after_close */
 #define C_NCOUNTERS 32 /* slots; the array has this many */
 
 /* The header of every ring buffer record (kernel/records.py RECORD mirrors
@@ -153,6 +159,13 @@ struct conn_t {
     u8 addr_sent;
     u8 proto;
     u8 shed; /* began while shedding: tracked, not copied (admit) */
+    /* HTTP/2 while shedding (h2_walk), per direction: where the next call
+     * must begin (stream position) for h2_rem to hold, the bytes of a frame
+     * that go on into that call, whether they are a DATA payload left out. */
+    u8 h2_known[2];
+    u8 h2_skip[2];
+    u32 h2_rem[2];
+    u64 h2_next[2];
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -220,8 +233,9 @@ BPF_HASH(go_procs, u32, struct go_proc_t, 4096);
 /* Shedding: while set, an HTTP/1 connection is shed from its first bytes, or
  * from the next call that starts a request: tracked, not copied, what it moves
  * counted (requests, calls, bytes), until a call on it starts a request once
- * shedding has stopped. So what is copied is whole exchanges. HTTP/2 is never
- * shed (its header table would be lost for the connection's life). Set by user space (supervisor/shedding.py:
+ * shedding has stopped. So what is copied is whole exchanges. An HTTP/2
+ * connection is never shed: its DATA payloads are left out (h2_walk), its
+ * header blocks kept. Set by user space (supervisor/shedding.py:
  * the ring's fill, its own backlog, CPU throttling) and here when the ring
  * refuses a record; cleared by user space. */
 BPF_ARRAY(shed_state, u32, 1);
@@ -594,6 +608,16 @@ struct emit_job_t {
     u32 at;    /* offset in the current iovec */
     u32 seg;   /* bytes of the current iovec that belong to the call */
     u32 full;  /* the ring buffer refused a piece: stop */
+    u32 runs;  /* runs of the copying program so far (the chain allows 33) */
+    u32 walk;  /* an HTTP/2 call while shedding: h2_walk first (1), walking (2) */
+    u32 wp;    /* h2_walk: where the next frame header is */
+    u32 wknown; /* h2_walk: at a frame boundary known */
+    u32 wskip; /* h2_walk: the last frame is a DATA payload left out */
+    u32 limit; /* copy up to here; the rest was left out (h2_walk) */
+    u32 nskip; /* DATA payloads left out inside [0, limit) */
+    u32 si;    /* the next of them */
+    u32 skip_from[H2_SKIPS];
+    u32 skip_to[H2_SKIPS];
 };
 BPF_PERCPU_ARRAY(emit_job, struct emit_job_t, 1);
 /* The copying programs, one per program type (a program array holds one
@@ -624,11 +648,136 @@ static __always_inline void emit_call(void *ctx, int which, struct ev_hdr *h, co
     j->at = 0;
     j->seg = vec ? 0 : total;
     j->full = 0;
+    j->runs = 0;
+    j->walk = h->proto == PROTO_HTTP2 && !vec && shedding();
+    j->limit = total;
+    j->nskip = 0;
+    j->si = 0;
     if (which == EMIT_TRACEPOINT)
         emit_tracepoints.call(ctx, 0);
     else
         emit_uprobes.call(ctx, 0);
     count(C_EMIT_UNREACHED, 1); /* the copying program is not there (yet): nothing copied */
+}
+
+/* HTTP/2 is never shed by connection: its header blocks feed an HPACK table
+ * that lives as long as the connection (hours, for a gRPC channel), and one
+ * block missed leaves it unknown. While shedding, a call of an HTTP/2
+ * connection keeps every byte but its DATA payloads: the frames are walked,
+ * each DATA payload becomes a skip (H2_SKIPS of them), a payload running to
+ * the call's end the limit, and the frame that goes on into the next call is
+ * remembered per direction. User space sees each skip as a gap inside a DATA
+ * frame of known length: the body is marked cut, the framing and the table
+ * stay whole. Where the frames cannot be followed (a first call that does
+ * not begin with a plausible frame header, a header split by the call's end,
+ * the tail-call chain's end) the rest of the call is copied and the next
+ * call starts afresh. Counted as shed calls and bytes.
+ *
+ * The walk reads H2_WALK frame headers per run of the copying program and
+ * goes on in the next run (a tail call), its position kept in the job, so
+ * that the verifier checks a short loop once (a long one is refused as too
+ * complex). Returns 1 when it needs another run. */
+/* An index into the job's skips, masked so that the verifier sees it bounded
+ * (the barrier keeps clang from dropping a mask it can prove useless). */
+static __always_inline u32 skip_slot(u32 i) {
+    u64 v = i;
+    asm volatile("%[v] &= %[mask]" : [v] "+r"(v) : [mask] "i"(H2_SKIPS - 1));
+    return v;
+}
+
+static __always_inline int h2_walk(struct emit_job_t *j) {
+    u64 key = conn_key(j->h.tgid, j->h.fd);
+    struct conn_t *c = conns.lookup(&key);
+    if (!c || c->gen != j->h.gen) {
+        j->walk = 0;
+        return 0;
+    }
+    u32 d = j->h.dir & 1;
+    u32 total = j->total;
+    if (j->walk == 1) { /* the first run: where the call begins */
+        j->walk = 2;
+        j->wp = 0;
+        j->wknown = 0;
+        j->wskip = 0;
+        if (c->h2_known[d] && c->h2_next[d] == j->h.call_pos) {
+            u32 rem = c->h2_rem[d];
+            j->wp = rem;
+            j->wknown = 1;
+            if (rem && c->h2_skip[d]) {
+                j->skip_from[0] = 0;
+                j->skip_to[0] = rem < total ? rem : total;
+                j->nskip = 1;
+                j->wskip = 1;
+            }
+        }
+    }
+    u32 p = j->wp, n = j->nskip, known = j->wknown, skip = j->wskip, ok = 1, more = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < H2_WALK; i++) {
+        if (p >= total)
+            break;
+        u8 hdr[9] = {};
+        if (total - p < 9 || bpf_probe_read_user(hdr, sizeof(hdr), (const char *)j->buf + p) != 0) {
+            ok = 0;
+            break;
+        }
+        if (!known && h2_frame(hdr) < 0) {
+            j->walk = 0; /* not at a frame boundary: copied whole */
+            c->h2_known[d] = 0;
+            j->nskip = 0;
+            return 0;
+        }
+        known = 1;
+        u32 len = ((u32)hdr[0] << 16) | ((u32)hdr[1] << 8) | hdr[2];
+        u32 end = p + 9 + len;
+        skip = 0;
+        if (hdr[3] == 0 && n < H2_SKIPS) { /* DATA: the pad length byte stays */
+            u32 from = p + 9 + (hdr[4] & 8 ? 1 : 0);
+            u32 to = end < total ? end : total;
+            if (from < to) {
+                u32 slot = skip_slot(n);
+                j->skip_from[slot] = from;
+                j->skip_to[slot] = to;
+                n++;
+            }
+            skip = 1;
+        }
+        p = end;
+        if (i == H2_WALK - 1 && p < total)
+            more = 1;
+    }
+    j->wp = p;
+    j->nskip = n;
+    j->wknown = known;
+    j->wskip = skip;
+    if (more && j->runs < 24) /* the rest of the chain is the copy's */
+        return 1;
+    j->walk = 0;
+    if (!ok || p < total) { /* lost the frames: what is left is copied, the next call starts afresh */
+        c->h2_known[d] = 0;
+    } else {
+        c->h2_known[d] = 1;
+        c->h2_rem[d] = p - total;
+        c->h2_skip[d] = skip;
+        c->h2_next[d] = j->h.call_pos + total;
+    }
+    if (!n)
+        return 0;
+    u32 last = skip_slot(n - 1);
+    if (j->skip_to[last] >= total) { /* the call ends inside a DATA payload */
+        j->limit = j->skip_from[last];
+        n--;
+        j->nskip = n;
+    }
+    u64 shed = j->limit < total ? total - j->limit : 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < H2_SKIPS; i++)
+        if (i < n)
+            shed += j->skip_to[i] - j->skip_from[i];
+    j->h.flags |= FLAG_SHED;
+    count(C_SHED_CALLS, 1);
+    count(C_SHED_BYTES, shed);
+    return 0;
 }
 
 /* The body of the copying programs: pieces of at most CHUNK_L bytes, each
@@ -645,8 +794,17 @@ static __always_inline int run_emit_job(void *ctx, int which) {
         count(C_COPY_PREEMPTED, 1);
         return 0;
     }
+    j->runs++;
+    if (j->walk && h2_walk(j)) {
+        if (which == EMIT_TRACEPOINT)
+            emit_tracepoints.call(ctx, 0);
+        else
+            emit_uprobes.call(ctx, 0);
+        count(C_EMIT_UNREACHED, 1); /* not reached: the walk's runs end well inside the chain */
+        return 0;
+    }
     struct ev_hdr h = j->h;
-    u32 total = j->total;
+    u32 total = j->total, limit = j->limit;
     const struct iovec *vec = (const struct iovec *)j->vec;
     h.flags &= ~FLAG_CUT;
 #pragma clang loop unroll(disable)
@@ -656,8 +814,21 @@ static __always_inline int run_emit_job(void *ctx, int which) {
             return 0;
         }
         u32 done = j->done, at = j->at, seg = j->seg;
-        if (done >= total || done >= COPY_LIMIT)
+        if (done >= limit || done >= COPY_LIMIT)
             break;
+        u32 upto = limit; /* the next skip's start (one buffer: at is done) */
+        u32 si = j->si;
+        if (si < j->nskip) {
+            u32 from = j->skip_from[skip_slot(si)];
+            if (done >= from) {
+                u32 to = j->skip_to[skip_slot(si)];
+                j->done = to;
+                j->at = to;
+                j->si = si + 1;
+                continue;
+            }
+            upto = from;
+        }
         if (at >= seg) { /* this iovec is done: copy from the next in this same iteration */
             struct iovec iv = {};
             u64 vi = j->vi + 1;
@@ -678,6 +849,8 @@ static __always_inline int run_emit_job(void *ctx, int which) {
             n = CHUNK_L;
         if (n > COPY_LIMIT - done)
             n = COPY_LIMIT - done;
+        if (n > upto - done)
+            n = upto - done;
         h.offset = done;
         if (emit_piece(&h, (const char *)j->buf + at, n) < 0) {
             j->full = 1;
@@ -689,7 +862,13 @@ static __always_inline int run_emit_job(void *ctx, int which) {
     u32 done = j->done;
     if (done >= total)
         return 0;
-    if (!j->full && done < COPY_LIMIT && (j->at < j->seg || (vec && j->vi + 1 < j->vlen && j->vi + 1 < MAX_IOV))) {
+    if (done >= limit && !j->full) { /* the rest is a DATA payload left out */
+        h.offset = done;
+        h.flags |= FLAG_CUT;
+        emit_piece(&h, 0, 0);
+        return 0;
+    }
+    if (!j->full && done < COPY_LIMIT && done < limit && (j->at < j->seg || (vec && j->vi + 1 < j->vlen && j->vi + 1 < MAX_IOV))) {
         /* more to copy: the next run (does not return unless the chain is at its end) */
         if (which == EMIT_TRACEPOINT)
             emit_tracepoints.call(ctx, 0);

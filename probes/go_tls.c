@@ -33,22 +33,21 @@ struct go_call_t {
     u64 conn;
     u64 buf;
     u64 start;
+    /* The connection as the call found it (gen 0: not known then). A Close
+     * on another goroutine may end it before the RET probe: Go closes the
+     * socket as soon as the last reference is released, sets Sysfd to -1,
+     * and the close record can reach the ring before this call's data. The
+     * data then goes out on the identity it was written on, at the position
+     * the call began at (a tls.Conn serialises its Reads and its Writes). */
+    u64 gen;
+    u64 pos;
+    u64 itab;
+    s32 fd;
     u8 dir;
+    u8 role;
+    u8 proto;
 };
 BPF_TABLE("lru_hash", struct go_key_t, struct go_call_t, go_calls, 16384);
-
-static __always_inline int go_enter(struct pt_regs *ctx, u8 dir) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32, tid = id;
-    if (!tls_traced(tgid))
-        return 0;
-    struct go_key_t k = {.g = ctx->r14, .tgid = tgid};
-    struct go_call_t c = {.conn = ctx->ax, .buf = ctx->bx, .start = bpf_ktime_get_ns(), .dir = dir};
-    go_calls.update(&k, &c);
-    struct go_thread_t t = {.g = ctx->r14, .fd = -1, .tgid = tgid};
-    go_threads.update(&tid, &t);
-    return 0;
-}
 
 /* The fd behind a *tls.Conn, and the itab of its net.Conn; -1 when unreadable. */
 static __always_inline s64 go_fd(struct go_proc_t *p, u64 conn, u64 *itab) {
@@ -60,6 +59,54 @@ static __always_inline s64 go_fd(struct go_proc_t *p, u64 conn, u64 *itab) {
         bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + p->netfd_pfd + p->pfd_sysfd)) != 0)
         return -1;
     return fd;
+}
+
+static __always_inline int go_enter(struct pt_regs *ctx, u8 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
+    if (!tls_traced(tgid))
+        return 0;
+    struct go_key_t k = {.g = ctx->r14, .tgid = tgid};
+    struct go_call_t c = {.conn = ctx->ax, .buf = ctx->bx, .start = bpf_ktime_get_ns(), .fd = -1, .dir = dir};
+    struct go_proc_t *p = go_procs.lookup(&tgid);
+    if (p) {
+        s64 fd = go_fd(p, c.conn, &c.itab);
+        if (fd >= 0 && fd <= 0x7fffffff) {
+            c.fd = fd;
+            u64 key = conn_key(tgid, fd);
+            struct conn_t *cn = conns.lookup(&key);
+            if (cn && cn->tls && cn->state == ST_HTTP && !cn->shed) {
+                c.gen = cn->gen;
+                c.pos = cn->pos[2 + (dir & 1)];
+                c.role = cn->role;
+                c.proto = cn->proto;
+            }
+        }
+    }
+    go_calls.update(&k, &c);
+    struct go_thread_t t = {.g = ctx->r14, .fd = -1, .tgid = tgid};
+    go_threads.update(&tid, &t);
+    return 0;
+}
+
+/* A call's data whose connection was closed while the call ran: emitted on
+ * the identity the call began on, counted. User space holds a closed
+ * connection's streams for a moment so that such data still lands. */
+static __always_inline int go_emit_closed(struct pt_regs *ctx, u32 tgid, s32 fd, struct go_call_t *c, s64 n) {
+    struct conn_t tmp = {};
+    tmp.gen = c->gen;
+    tmp.role = c->role;
+    tmp.proto = c->proto;
+    struct ev_hdr h = {};
+    fill_hdr(&h, &tmp, tgid, fd, KIND_DATA);
+    h.dir = c->dir;
+    date_call(&h, c->start);
+    h.flags = FLAG_TLS;
+    h.total = n;
+    h.call_pos = c->pos;
+    count(C_GO_AFTER_CLOSE, 1);
+    emit_call(ctx, EMIT_UPROBE, &h, (const char *)c->buf, 0, 0, n);
+    return 0;
 }
 
 static __always_inline int go_ret(struct pt_regs *ctx) {
@@ -103,6 +150,10 @@ static __always_inline int go_ret(struct pt_regs *ctx) {
     }
     u64 itab = 0;
     s64 fd = go_fd(p, c.conn, &itab);
+    if (c.fd >= 0 && fd != c.fd) { /* closed during the call (Sysfd is -1 now) */
+        fd = c.fd;
+        itab = c.itab;
+    }
     if (fd < 0 || fd > 0x7fffffff)
         return 0;
     int known = 0;
@@ -130,6 +181,12 @@ static __always_inline int go_ret(struct pt_regs *ctx) {
     }
     if (n > 0x7fffffff)
         n = 0x7fffffff;
+    if (c.gen) {
+        u64 key = conn_key(tgid, fd);
+        struct conn_t *cn = conns.lookup(&key);
+        if (!cn || cn->gen != c.gen)
+            return go_emit_closed(ctx, tgid, fd, &c, n);
+    }
     return tls_emit(ctx, tgid, fd, 0, c.dir, (const char *)c.buf, n, c.start);
 }
 

@@ -44,4 +44,5 @@ KERNEL_COUNTERS = {
     17: "kernel.dropped.shed_calls",
     18: "kernel.dropped.shed_bytes",
     19: "kernel.dropped.shed_requests",
+    20: "kernel.go_tls.data_after_close",
 }

@@ -3,7 +3,8 @@
 Strategy. The kernel numbers the bytes of each direction of a connection
 (``DataEvent.call_pos``); a piece that starts past the expected position
 means bytes were lost, a piece flagged ``FLAG_CUT`` means the rest of its call
-was not copied. Either way the gap's size is exact, so the protocol parser is
+was not copied; in a call flagged ``FLAG_SHED`` (HTTP/2 while the kernel
+sheds) the gaps are DATA payloads left out on purpose, counted by the kernel. Either way the gap's size is exact, so the protocol parser is
 told "n bytes missing here" and decides (HTTP/1: skip inside a body of known
 length, the body marked cut; resync at the next message boundary anywhere
 else). Overlaps and duplicates are trimmed.
@@ -17,7 +18,7 @@ I/O, no logging; every drop is a named counter.
 
 from __future__ import annotations
 
-from akto_collector.events import FLAG_CUT, FLAG_TLS, ROLE_UNKNOWN, ConnId, DataEvent, Exchange
+from akto_collector.events import FLAG_CUT, FLAG_SHED, FLAG_TLS, ROLE_UNKNOWN, ConnId, DataEvent, Exchange
 from akto_collector.protocols import H2_PREFACE, PROTO_HTTP1, PROTO_HTTP2, PROTO_OTHER, PROTO_UNKNOWN, CoreLimits
 from akto_collector.protocols.http1 import Http1Parser
 from akto_collector.protocols.h2frames import plausible_frame
@@ -123,8 +124,11 @@ class ConnectionStream:
         call_start = ev.offset == 0
         if start != pos:
             if start > pos:
-                counters["http.gap"] += 1
-                counters["http.lost_bytes"] += start - pos
+                # A gap inside a shed call is DATA payload the kernel left
+                # out and counted (kernel.dropped.shed_bytes): not lost.
+                if not (flags & FLAG_SHED and ev.offset):
+                    counters["http.gap"] += 1
+                    counters["http.lost_bytes"] += start - pos
                 parser.gap(d, start - pos)
                 pos = end
             elif end <= pos:
@@ -147,8 +151,9 @@ class ConnectionStream:
         if flags & FLAG_CUT:
             call_end = ev.call_pos + ev.total
             if call_end > pos:
-                counters["http.gap"] += 1
-                counters["http.uncopied_bytes"] += call_end - pos
+                if not flags & FLAG_SHED:
+                    counters["http.gap"] += 1
+                    counters["http.uncopied_bytes"] += call_end - pos
                 parser.gap(d, call_end - pos)
                 self._pos[d] = call_end
 

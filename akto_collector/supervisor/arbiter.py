@@ -58,6 +58,9 @@ WORKER_KILL_GRACE = 2.0  # after SIGTERM, before SIGKILL
 CRASH_BACKOFF_MAX = 60.0  # a worker that keeps crashing is respawned at most this rarely
 CRASH_QUIET = 60.0  # a worker that lived this long resets its slot's crash count
 FIRST_HEARTBEAT = 2.0  # seconds after ready
+# A test hook: shed from the start and never stop (as under a lasting
+# overload). Not a setting: no AKTO_ prefix, never documented.
+SHED_HOOK = "_AKTO_TEST_SHED_ALWAYS"
 
 
 def _load_probes(settings, includes: list[str], sock_data: bool):
@@ -105,7 +108,7 @@ class Arbiter:
         self.shut_down = False
         self.heartbeat = None
         self.next_heartbeat = 0.0
-        self.shedder = Shedder(settings.ring_buffer_mb << 20)
+        self.shedder = Shedder(settings.ring_buffer_mb << 20, always=env.get(SHED_HOOK) == "1")
         self.bpf_bytes = 0  # the BPF maps and programs, once loaded
         self.memory_dirs = cgroups.own_dirs("memory")
         self.shed_since = 0.0
@@ -292,7 +295,8 @@ class Arbiter:
             self.shed_since = time.monotonic()
             self.log.warning("shedding_started", reason=reason,
                              ring_fill_pct=round(100 * self.router.pending / self.shedder.ring_size, 1),
-                             detail="new HTTP/1 connections are tracked and counted, not copied")
+                             detail="new HTTP/1 connections are tracked and counted, not copied; "
+                                    "HTTP/2 keeps its headers, not its DATA payloads")
         elif was and not reason:
             self.log.info("shedding_stopped", after_reason=was, seconds=round(time.monotonic() - self.shed_since, 2))
 

@@ -16,10 +16,11 @@ HIGH, LOW = 0.5, 0.25
 
 
 class Shedder:
-    __slots__ = ("ring_size", "reason", "episodes")
+    __slots__ = ("ring_size", "reason", "episodes", "always")
 
-    def __init__(self, ring_size: int) -> None:
+    def __init__(self, ring_size: int, always: bool = False) -> None:
         self.ring_size = ring_size
+        self.always = always  # a test hook: shed from the start, as under a lasting overload
         self.reason: str | None = None  # why shedding is on, None when off
         self.episodes = 0
 
@@ -38,7 +39,7 @@ class Shedder:
             # refused a record since the last drain.
             reason = self.reason or "ring_buffer_full"
         else:
-            reason = None
+            reason = "always" if self.always else None
         if reason and not self.reason:
             self.episodes += 1
         self.reason = reason

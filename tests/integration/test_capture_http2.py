@@ -6,6 +6,7 @@ acceptance rules of Akto's runtime parser."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -101,21 +102,37 @@ def node(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen(["node", *map(str, args)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, **kw)
 
 
-def test_node_http2_many_streams_and_a_session_older_than_the_collector(start_collector, cert):
+@contextlib.contextmanager
+def node_session(cert, prefix: str):
+    """node's HTTP/2 server and a client session of 20 concurrent streams a batch on it, its first
+    batch (``<prefix>first/<i>``) done; ``batch`` runs the next ones on the same session."""
     port = free_port()
     srv = node(PEERS / "node" / "h2server.js", port, *cert)
     client = None
     try:
         assert srv.stdout.readline().strip() == "listening"
-        client = node(PEERS / "node" / "h2client.js", port, "/node/", 20)
-        assert client.stdout.readline().strip() == "done first"  # before the collector: its table is unseen
+        client = node(PEERS / "node" / "h2client.js", port, prefix, 20)
+        assert client.stdout.readline().strip() == "done first"
+        yield client
+    finally:
+        if client is not None:
+            client.stdin.close()
+            client.wait(10)
+        srv.kill()
+        srv.wait()
+
+
+def batch(client, tag: str) -> None:
+    client.stdin.write(f"{tag}\n")
+    client.stdin.flush()
+    assert client.stdout.readline().strip() == f"done {tag}"
+
+
+def test_node_http2_many_streams_and_a_session_older_than_the_collector(start_collector, cert):
+    with node_session(cert, "/node/") as client:  # its first batch before the collector: its table is unseen
         c = start_collector()
-        client.stdin.write("later\n")
-        client.stdin.flush()
-        assert client.stdout.readline().strip() == "done later"
-        client.stdin.write("again\n")
-        client.stdin.flush()
-        assert client.stdout.readline().strip() == "done again"
+        batch(client, "later")
+        batch(client, "again")
         # The server side of every later request; the client's side from when node's session could be
         # tied to its socket: node runs OpenSSL over memory BIOs, so a session the collector joined is
         # known only from its first read on (its writes before that are counted, not guessed).
@@ -139,12 +156,6 @@ def test_node_http2_many_streams_and_a_session_older_than_the_collector(start_co
         # Header fields the session's table held from before the collector are unknown, counted, not guessed.
         assert stats.get("http2.fields_unknown", 0) > 0
         assert not [p for p in c.read_pairs() if "/first/" in p["path"]]
-    finally:
-        if client is not None:
-            client.stdin.close()
-            client.wait(10)
-        srv.kill()
-        srv.wait()
 
 
 def test_grpc_unary_and_server_streaming(collector):
@@ -202,3 +213,34 @@ def test_every_captured_http2_message_is_acceptable(collector):
             akto_acceptable(p)
     assert orjson.loads  # (the JSON lines themselves were parsed by read_pairs)
     assert os.path.exists(collector.out_path)
+
+
+def test_shedding_keeps_http2_headers_and_leaves_out_data_payloads(start_collector, cert):
+    """While shedding, an HTTP/2 connection is never shed midway: its header blocks are all
+    copied (the HPACK table stays whole for as long as the connection lives), its DATA payloads
+    are left out, counted, and the bodies marked cut."""
+    c = start_collector({"_AKTO_TEST_SHED_ALWAYS": "1"})
+    with node_session(cert, "/shed/") as client:
+        batch(client, "later")
+        got = c.wait_pairs(lambda p: p["path"].startswith("/shed/"), count=80, timeout=30)
+        by = {(p["path"], p["direction"]): p for p in got}
+        assert len(by) == 80, sorted(by)
+        cut = 0
+        for (path, _), p in by.items():
+            akto_acceptable(p)
+            tag, i = path.split("/")[2:]
+            assert p["method"] == "POST" and p["statusCode"] == "200" and p["tls"] == "true"
+            assert header(p["requestHeaders"], "x-request-id").startswith(f"{tag}-{i}-")
+            assert header(p["requestHeaders"], "content-type") == "application/json"
+            # A call the kernel could not walk (the preface's) is copied whole: then exact.
+            if p["requestPayloadCut"] == "false":
+                assert json.loads(p["requestPayload"]) == {"tag": tag, "i": int(i)}
+            if p["responsePayloadCut"] == "false":
+                assert json.loads(p["responsePayload"])["path"] == path
+            cut += (p["requestPayloadCut"] == "true") + (p["responsePayloadCut"] == "true")
+        assert cut >= 80, cut
+        counters = c.wait_log("stats", timeout=20, pred=lambda r: r["counters"].get("pairs", 0) >= 80)["counters"]
+        assert counters["kernel.dropped.shed_bytes"] > 0 and counters["kernel.dropped.shed_calls"] > 0
+        # The header blocks were all there: no field unknown, no framing lost, nothing counted lost.
+        for lost in ("http2.fields_unknown", "http2.resync_bytes", "http.lost_bytes", "http.uncopied_bytes"):
+            assert not counters.get(lost), (lost, counters)

@@ -33,7 +33,8 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from akto_collector.events import RECV, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SEND, ConnId, ConnMeta, HttpRequest
+from akto_collector.events import (FLAG_CUT, FLAG_SHED, RECV, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SEND, ConnId,
+                                   ConnMeta, DataEvent, HttpRequest)
 from akto_collector.message import MessageEncoder
 from akto_collector.protocols import H2_PREFACE, PROTO_HTTP2, CoreLimits
 from akto_collector.protocols.http2 import Http2Parser
@@ -900,3 +901,69 @@ def test_an_early_response_whose_request_never_comes_is_unpaired_once_a_later_st
     exs, counters, parser = run(steps, role=ROLE_CLIENT)
     assert [e.request.target for e in exs] == ["/early/3"]
     assert counters["http2.unpaired_response"] == 1 and not parser._streams
+
+
+# -- shedding: DATA payloads left out by the kernel (probes/common.h h2_walk) ---------
+
+
+def shed_pieces(data: bytes):
+    """What the kernel copies of one HTTP/2 call while shedding: every byte but the DATA
+    payloads (the pad length byte stays), as (offset, bytes) pieces; and where the copy ends
+    when the call ends inside a payload (the cut marker), else None."""
+    pieces, keep_from, end_at = [], 0, None
+    for off, typ, flags, _sid, ln in frames(data):
+        if typ == 0 and ln:
+            start = off + 9 + (1 if flags & 8 else 0)
+            if start > keep_from:
+                pieces.append((keep_from, data[keep_from:start]))
+            keep_from = off + 9 + ln
+    if keep_from < len(data):
+        pieces.append((keep_from, data[keep_from:]))
+    elif keep_from > len(data):
+        end_at = pieces[-1][0] + len(pieces[-1][1]) if pieces else 0
+    return pieces, end_at
+
+
+def shed_events(steps, role=ROLE_SERVER):
+    """DataEvents of ``steps`` as the kernel emits them while shedding (FLAG_SHED on every piece)."""
+    dirs, pos, out = directions(role), {SEND: 0, RECV: 0}, []
+    for side, data in steps:
+        d = dirs[side]
+        pieces, _ = shed_pieces(data)
+        for off, chunk in pieces:
+            out.append(DataEvent(CONN, 1.0, d, pos[d], len(data), off, FLAG_SHED, chunk, PROTO_HTTP2))
+        last_end = pieces[-1][0] + len(pieces[-1][1]) if pieces else 0
+        if last_end < len(data):  # the call ends inside a DATA payload: the cut marker
+            out.append(DataEvent(CONN, 1.0, d, pos[d], len(data), last_end, FLAG_SHED | FLAG_CUT, b"", PROTO_HTTP2))
+        pos[d] += len(data)
+    return out
+
+
+def test_a_shed_connection_keeps_every_header_block_and_marks_the_bodies_cut():
+    t = Talk()
+    for i in range(3):  # the dynamic table carries over from one request to the next
+        body = orjson.dumps({"i": i, "items": list(range(50))})
+        sid = t.request([(":method", "POST"), (":path", f"/orders/{i}"), (":scheme", "https"),
+                         (":authority", "api.example.com"), ("content-type", "application/json"),
+                         ("x-request-id", f"req-{i}")], body)
+        t.respond(sid, ok(JSON, extra=[("x-trace", f"t-{i}")]), JSON)
+    counters: Counter = Counter()
+    cs = ConnectionStream(CONN, CoreLimits(), counters, role_hint=ROLE_SERVER)
+    out = []
+    for ev in shed_events(t.steps):
+        out += cs.on_event(ev)
+    assert [ex.request.target for ex in out] == ["/orders/0", "/orders/1", "/orders/2"]
+    for i, ex in enumerate(out):
+        q, r = ex.request, ex.response
+        assert ("x-request-id", f"req-{i}") in q.headers and ("x-trace", f"t-{i}") in r.headers
+        assert r.status == 200 and q.body_cut and r.body_cut and r.body == b""
+    assert not counters["http2.fields_unknown"] and not counters["http2.resync_bytes"]
+    assert not counters["http.lost_bytes"] and not counters["http.uncopied_bytes"]  # counted by the kernel
+
+
+def test_shed_pieces_leave_out_payloads_only():
+    t = basic_talk()
+    side, data = t.steps[-1]
+    pieces, end_at = shed_pieces(data)
+    kept = b"".join(chunk for _, chunk in pieces)
+    assert JSON not in kept and len(kept) == len(data) - sum(ln for _, typ, _, _, ln in frames(data) if typ == 0)

@@ -79,7 +79,7 @@ def test_flags_roles_and_directions_match_the_events_module():
 
     assert {k: v for k, v in defines("PROTO_").items()} == {
         "PROTO_UNKNOWN": protocols.PROTO_UNKNOWN, "PROTO_HTTP1": protocols.PROTO_HTTP1, "PROTO_HTTP2": protocols.PROTO_HTTP2}
-    assert defines("FLAG_") == {"FLAG_TLS": events.FLAG_TLS, "FLAG_CUT": events.FLAG_CUT}
+    assert defines("FLAG_") == {"FLAG_TLS": events.FLAG_TLS, "FLAG_CUT": events.FLAG_CUT, "FLAG_SHED": events.FLAG_SHED}
     assert defines("ROLE_") == {"ROLE_UNKNOWN": events.ROLE_UNKNOWN, "ROLE_SERVER": events.ROLE_SERVER,
                                 "ROLE_CLIENT": events.ROLE_CLIENT}
     assert defines("DIR_") == {"DIR_SEND": events.SEND, "DIR_RECV": events.RECV}

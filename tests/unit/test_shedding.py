@@ -85,3 +85,9 @@ def test_no_cgroup_files_means_no_figures(tmp_path):
     assert cgroups.own_dirs("cpu", str(tmp_path / "missing")) == []
     assert cgroups.cpu_quota([]) is None and cgroups.throttled_periods([]) is None
     assert cgroups.working_set([tmp_path]) is None
+
+
+def test_the_test_hook_sheds_always_in_one_episode():
+    s = Shedder(64 * MB, always=True)
+    assert s.decide(0, kernel_on=False) == "always" and s.decide(0, kernel_on=True) == "always"
+    assert s.decide(40 * MB, kernel_on=True) == "ring_buffer" and s.episodes == 1
