@@ -4,6 +4,8 @@
 # test checks). Its owner (an http1.Http1Parser) is called through Python:
 # typing it here would need the two .pxd files to cimport each other.
 
+cimport cython
+
 cdef class MessageReader:
     cdef public object kind, direction, _limits, _counters, _owner
     cdef public object _state, _buf, _buf_ts, _scan, _line_ok, _line_start
@@ -14,6 +16,8 @@ cdef class MessageReader:
     cpdef _reset_message(self)
     cpdef feed(self, data, ts, call_start=*)
     cpdef _read_head(self, b, i, n, old, ts)
+    @cython.locals(text=str, lines=list, line=str, headers=list, idx=Py_ssize_t, end=Py_ssize_t,
+                   k=Py_ssize_t, a=Py_ssize_t, c=Py_UCS4)
     cpdef _parse_head(self, raw, ts)
     cpdef _frame_body(self, framing, cl)
     cpdef _take(self, b, i, j)

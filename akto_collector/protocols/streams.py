@@ -91,11 +91,11 @@ class ConnectionStream:
     def on_event(self, ev: DataEvent) -> list[Exchange]:
         if self.finished:
             return []
-        if ev.ts > self.last_seen:  # a send is dated at its start: it may be older than the last record
-            self.last_seen = ev.ts
+        # Unpacked once: a field of a NamedTuple is a property lookup each time.
+        _, ts, d, call_pos, total, offset, flags, data, proto = ev
+        if ts > self.last_seen:  # a send is dated at its start: it may be older than the last record
+            self.last_seen = ts
         counters = self._counters
-        flags = ev.flags
-        data = ev.data
         if flags & FLAG_TLS:
             if not self.tls:
                 self.tls = True
@@ -110,23 +110,22 @@ class ConnectionStream:
             self._plain_seen = True
 
         parser = self._parser
-        if parser is None or (self._guessed and ev.proto and ev.proto != self.proto):
+        if parser is None or (self._guessed and proto and proto != self.proto):
             if parser is not None:
                 counters["stream.protocol_corrected"] += 1  # the guess was wrong: the kernel's word wins
                 parser.expire()
                 parser.take()
                 self._guessed = False
             parser = self._choose(ev)
-        d = ev.direction
-        start = ev.call_pos + ev.offset
+        start = call_pos + offset
         end = start + len(data)
         pos = self._pos[d]
-        call_start = ev.offset == 0
+        call_start = offset == 0
         if start != pos:
             if start > pos:
                 # A gap inside a shed call is DATA payload the kernel left
                 # out and counted (kernel.dropped.shed_bytes): not lost.
-                if not (flags & FLAG_SHED and ev.offset):
+                if not (flags & FLAG_SHED and offset):
                     counters["http.gap"] += 1
                     counters["http.lost_bytes"] += start - pos
                 parser.gap(d, start - pos)
@@ -147,9 +146,9 @@ class ConnectionStream:
             if not self.tls and 0x14 <= data[0] <= 0x17 and parser.at_boundary(d) and _is_tls_record(data):
                 counters["http.tls_record"] += 1
             else:
-                parser.feed(d, data, ev.ts, call_start)
+                parser.feed(d, data, ts, call_start)
         if flags & FLAG_CUT:
-            call_end = ev.call_pos + ev.total
+            call_end = call_pos + total
             if call_end > pos:
                 if not flags & FLAG_SHED:
                     counters["http.gap"] += 1
@@ -159,7 +158,7 @@ class ConnectionStream:
 
         out = parser.take()
         if parser.switch is not None:
-            out = out + self._switch(parser, ev.ts)
+            out = out + self._switch(parser, ts)
         return out
 
     def _switch(self, parser, ts: float) -> list[Exchange]:

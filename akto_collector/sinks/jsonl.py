@@ -91,11 +91,14 @@ class JsonLinesSink:
         if self.state == "closed":
             self.counters["sink.dropped.shutdown"] += len(lines)
             return
-        data = b"\n".join(lines) + b"\n"
+        n = len(lines)
         try:
             if self._lockable and self._lock():
                 try:
-                    self._write_all(data)
+                    # The empty last item gives the final newline: `join(...) + b"\n"`
+                    # would copy the whole batch (hundreds of KiB) a second time.
+                    lines.append(b"")
+                    self._write_all(b"\n".join(lines))
                 finally:
                     self._unlock()
             else:
@@ -103,13 +106,13 @@ class JsonLinesSink:
                     self._write_all(piece)
         except OSError as exc:
             # EPIPE (reader gone), ENOSPC, ...: count the batch, keep running.
-            self.counters["sink.dropped.error"] += len(lines)
+            self.counters["sink.dropped.error"] += n
             if not self._error_logged:
                 log.error("output write failed", target=self._target, error=str(exc))
                 self._error_logged = True
             self.state = "failed"
             return
-        self.counters["sink.delivered"] += len(lines)
+        self.counters["sink.delivered"] += n
         if self.state == "failed":
             log.info("output writable again", target=self._target)
             self._error_logged = False
