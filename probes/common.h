@@ -663,7 +663,8 @@ static __always_inline void emit_call(void *ctx, int which, struct ev_hdr *h, co
 /* HTTP/2 is never shed by connection: its header blocks feed an HPACK table
  * that lives as long as the connection (hours, for a gRPC channel), and one
  * block missed leaves it unknown. While shedding, a call of an HTTP/2
- * connection keeps every byte but its DATA payloads: the frames are walked,
+ * connection with one buffer (TLS library calls; read, write, send, recv)
+ * keeps every byte but its DATA payloads: the frames are walked,
  * each DATA payload becomes a skip (H2_SKIPS of them), a payload running to
  * the call's end the limit, and the frame that goes on into the next call is
  * remembered per direction. User space sees each skip as a gap inside a DATA
@@ -671,7 +672,8 @@ static __always_inline void emit_call(void *ctx, int which, struct ev_hdr *h, co
  * stay whole. Where the frames cannot be followed (a first call that does
  * not begin with a plausible frame header, a header split by the call's end,
  * the tail-call chain's end) the rest of the call is copied and the next
- * call starts afresh. Counted as shed calls and bytes.
+ * call starts afresh; a call with iovecs (sendmsg, writev: grpc-core's
+ * cleartext, nginx's writes) is copied whole. Counted as shed calls and bytes.
  *
  * The walk reads H2_WALK frame headers per run of the copying program and
  * goes on in the next run (a tail call), its position kept in the job, so

@@ -244,3 +244,32 @@ def test_shedding_keeps_http2_headers_and_leaves_out_data_payloads(start_collect
         # The header blocks were all there: no field unknown, no framing lost, nothing counted lost.
         for lost in ("http2.fields_unknown", "http2.resync_bytes", "http.lost_bytes", "http.uncopied_bytes"):
             assert not counters.get(lost), (lost, counters)
+
+
+def test_shedding_follows_frames_across_calls_on_cleartext(start_collector):
+    """Prior-knowledge HTTP/2 on cleartext, read 4 KiB at a time: DATA frames of 16 KiB span several
+    reads, so the kernel carries the frame it is inside from one call to the next; every header block
+    is still whole and every body marked cut."""
+    c = start_collector({"_AKTO_TEST_SHED_ALWAYS": "1"})
+    port = free_port()
+    peer = PEERS / "python" / "h2_prior.py"
+    srv = subprocess.Popen([sys.executable, str(peer), "serve", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        r = run([sys.executable, str(peer), "call", str(port), "5", "40000"], timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == b"done", r.stderr
+        got = c.wait_pairs(lambda p: p["path"].startswith("/prior/"), count=10, timeout=30)
+        by = {(p["path"], p["direction"]): p for p in got}
+        assert len(by) == 10, sorted(by)
+        for (path, _), p in by.items():
+            akto_acceptable(p)
+            assert p["type"] == "HTTP/2.0" and p["method"] == "POST" and p["statusCode"] == "200"
+            assert header(p["requestHeaders"], "x-request-id") == "prior-" + path.rsplit("/", 1)[1]
+            assert p["requestPayloadCut"] == "true" and p["responsePayloadCut"] == "true"
+        counters = c.wait_log("stats", timeout=20, pred=lambda r: r["counters"].get("pairs", 0) >= 10)["counters"]
+        assert counters["kernel.dropped.shed_bytes"] >= 2 * 2 * 5 * 39000  # both ways, seen by both processes
+        for lost in ("http2.fields_unknown", "http2.resync_bytes", "http.lost_bytes", "http.uncopied_bytes"):
+            assert not counters.get(lost), (lost, counters)
+    finally:
+        srv.kill()
+        srv.wait()
