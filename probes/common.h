@@ -669,8 +669,10 @@ static __always_inline void emit_call(void *ctx, int which, struct ev_hdr *h, co
  * the call's end the limit, and the frame that goes on into the next call is
  * remembered per direction. User space sees each skip as a gap inside a DATA
  * frame of known length: the body is marked cut, the framing and the table
- * stay whole. Where the frames cannot be followed (a first call that does
- * not begin with a plausible frame header, a header split by the call's end,
+ * stay whole. The walk starts at a connection's first call (after the
+ * client preface) or at any call that begins with a plausible frame header.
+ * Where the frames cannot be followed (a first call that does not begin
+ * with the preface or a plausible frame header, a header split by the call's end,
  * the tail-call chain's end) the rest of the call is copied and the next
  * call starts afresh; a call with iovecs (sendmsg, writev: grpc-core's
  * cleartext, nginx's writes) is copied whole. Counted as shed calls and bytes.
@@ -722,6 +724,11 @@ static __always_inline int h2_walk(struct emit_job_t *j) {
         if (total - p < 9 || bpf_probe_read_user(hdr, sizeof(hdr), (const char *)j->buf + p) != 0) {
             ok = 0;
             break;
+        }
+        if (!known && p == 0 && hdr[0] == 'P' && hdr[1] == 'R' && hdr[2] == 'I' && hdr[3] == ' ' && hdr[4] == '*') {
+            p = 24; /* the client preface: the connection's frames begin after its 24 bytes */
+            known = 1;
+            continue;
         }
         if (!known && h2_frame(hdr) < 0) {
             j->walk = 0; /* not at a frame boundary: copied whole */
