@@ -201,12 +201,39 @@ struct tls_call_t {
 BPF_TABLE("lru_hash", u32, struct tls_call_t, tls_calls, 16384);
 /* Per thread: the socket it read last (node runs OpenSSL over memory BIOs,
  * so no syscall happens under SSL_read; the ciphertext it decrypts was just
- * read from this fd by the same event-loop thread). */
-struct last_read_t {
-    u32 tgid; /* a reused thread id of another process must not inherit the fd */
-    s32 fd;
-};
-BPF_TABLE("lru_hash", u32, struct last_read_t, last_read_fd, 16384);
+ * read from this fd by the same event-loop thread). Written on every socket
+ * read of every process, so it must be cheap: an lru_hash update cost 250 to
+ * 450 ns per read here, a third of the whole program. So a slot per thread
+ * id's low bits holds (tid << 32 | fd), written and read by one aligned
+ * 8-byte access (never torn); a slot two threads share answers only for the
+ * thread that wrote it last, and a thread's exit clears its own, so a reused
+ * thread id never inherits an fd. */
+#define LAST_READ_SLOTS 65536
+BPF_ARRAY(last_read_fd, u64, LAST_READ_SLOTS);
+
+static __always_inline void last_read_set(u32 tid, s32 fd) {
+    u32 slot = tid & (LAST_READ_SLOTS - 1);
+    u64 *v = last_read_fd.lookup(&slot);
+    if (v)
+        *v = ((u64)tid << 32) | (u32)fd;
+}
+
+/* The socket thread tid read last, or -1. */
+static __always_inline s32 last_read_get(u32 tid) {
+    u32 slot = tid & (LAST_READ_SLOTS - 1);
+    u64 *v = last_read_fd.lookup(&slot);
+    if (!v)
+        return -1;
+    u64 x = *v;
+    return (u32)(x >> 32) == tid ? (s32)(u32)x : -1;
+}
+
+static __always_inline void last_read_forget(u32 tid) {
+    u32 slot = tid & (LAST_READ_SLOTS - 1);
+    u64 *v = last_read_fd.lookup(&slot);
+    if (v && (u32)(*v >> 32) == tid)
+        *v = 0;
+}
 /* Per thread: the Go crypto/tls call in progress (its goroutine), so that a
  * socket syscall beneath names the fd that confirms the conn's layout
  * (go_tls.c). Defined here because socket_trace.c fills it. */

@@ -127,9 +127,7 @@ static __always_inline int go_ret(struct pt_regs *ctx) {
     if (seen < 0) {
         /* A Read that parked (EAGAIN, then the netpoller) resumes on another
          * thread, whose last socket read is what it returns. */
-        struct last_read_t *lr = last_read_fd.lookup(&tid);
-        if (lr && lr->tgid == tgid)
-            seen = lr->fd;
+        seen = last_read_get(tid);
     }
     s64 n = ctx->ax;
     if (n <= 0)

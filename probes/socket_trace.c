@@ -176,10 +176,8 @@ static __always_inline int on_socket_call(void *ctx, struct sc_args_t *ap, long 
     struct go_thread_t *gt = go_threads.lookup(&tid);
     if (gt && gt->tgid == tgid)
         gt->fd = a.fd; /* under a Go TLS call: the socket that confirms its layout */
-    if (a.dir == DIR_RECV) {
-        struct last_read_t lr = {.tgid = tgid, .fd = a.fd};
-        last_read_fd.update(&tid, &lr);
-    }
+    if (a.dir == DIR_RECV)
+        last_read_set(tid, a.fd);
     u64 key = conn_key(tgid, a.fd);
 
     /* Inside a TLS call: these are the ciphertext of its plaintext. Name the
@@ -454,7 +452,7 @@ TRACEPOINT(sched, sched_process_exit) {
     sc_args.delete(&tid);
     open_args.delete(&tid);
     tls_calls.delete(&tid);
-    last_read_fd.delete(&tid);
+    last_read_forget(tid);
     go_threads.delete(&tid);
     if (tid != tgid) {
         /* sched_process_fork cannot tell a thread from a process: what it

@@ -115,9 +115,7 @@ static __always_inline int tls_exit(struct pt_regs *ctx, int retkind) {
             fd = *f;
     }
     if (fd < 0) {
-        struct last_read_t *lr = last_read_fd.lookup(&tid);
-        if (lr && lr->tgid == tgid)
-            fd = lr->fd;
+        fd = last_read_get(tid);
     }
     if (fd < 0) {
         count(C_TLS_NO_FD, 1);
