@@ -146,12 +146,10 @@ static __always_inline int go_ret(struct pt_regs *ctx) {
         if (!p)
             return 0;
     }
-    u64 itab = 0;
-    s64 fd = go_fd(p, c.conn, &itab);
-    if (c.fd >= 0 && fd != c.fd) { /* closed during the call (Sysfd is -1 now) */
-        fd = c.fd;
-        itab = c.itab;
-    }
+    /* The fd as the entry read it (a Close during the call sets Sysfd to -1);
+     * read now only when the entry could not (the process not scanned yet). */
+    u64 itab = c.itab;
+    s64 fd = c.fd >= 0 ? c.fd : go_fd(p, c.conn, &itab);
     if (fd < 0 || fd > 0x7fffffff)
         return 0;
     int known = 0;

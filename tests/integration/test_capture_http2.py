@@ -215,6 +215,26 @@ def test_every_captured_http2_message_is_acceptable(collector):
     assert os.path.exists(collector.out_path)
 
 
+def shed_pairs(collector, prefix: str, count: int) -> dict:
+    """The ``count`` pairs of paths under ``prefix``, by (path, direction), each acceptable to Akto."""
+    got = collector.wait_pairs(lambda p: p["path"].startswith(prefix), count=count, timeout=30)
+    by = {(p["path"], p["direction"]): p for p in got}
+    assert len(by) == count, sorted(by)
+    for p in by.values():
+        akto_acceptable(p)
+    return by
+
+
+def shed_and_nothing_lost(collector, pairs: int) -> dict:
+    """The stats once ``pairs`` were emitted: payloads shed and counted, every header block there
+    (no field unknown, no framing lost, nothing counted lost)."""
+    counters = collector.wait_log("stats", timeout=20, pred=lambda r: r["counters"].get("pairs", 0) >= pairs)["counters"]
+    assert counters["kernel.dropped.shed_bytes"] > 0 and counters["kernel.dropped.shed_calls"] > 0
+    for lost in ("http2.fields_unknown", "http2.resync_bytes", "http.lost_bytes", "http.uncopied_bytes"):
+        assert not counters.get(lost), (lost, counters)
+    return counters
+
+
 def test_shedding_keeps_http2_headers_and_leaves_out_data_payloads(start_collector, cert):
     """While shedding, an HTTP/2 connection is never shed midway: its header blocks are all
     copied (the HPACK table stays whole for as long as the connection lives), its DATA payloads
@@ -222,12 +242,9 @@ def test_shedding_keeps_http2_headers_and_leaves_out_data_payloads(start_collect
     c = start_collector({"_AKTO_TEST_SHED_ALWAYS": "1"})
     with node_session(cert, "/shed/") as client:
         batch(client, "later")
-        got = c.wait_pairs(lambda p: p["path"].startswith("/shed/"), count=80, timeout=30)
-        by = {(p["path"], p["direction"]): p for p in got}
-        assert len(by) == 80, sorted(by)
+        by = shed_pairs(c, "/shed/", 80)
         cut = 0
         for (path, _), p in by.items():
-            akto_acceptable(p)
             tag, i = path.split("/")[2:]
             assert p["method"] == "POST" and p["statusCode"] == "200" and p["tls"] == "true"
             assert header(p["requestHeaders"], "x-request-id").startswith(f"{tag}-{i}-")
@@ -239,11 +256,7 @@ def test_shedding_keeps_http2_headers_and_leaves_out_data_payloads(start_collect
                 assert json.loads(p["responsePayload"])["path"] == path
             cut += (p["requestPayloadCut"] == "true") + (p["responsePayloadCut"] == "true")
         assert cut >= 80, cut
-        counters = c.wait_log("stats", timeout=20, pred=lambda r: r["counters"].get("pairs", 0) >= 80)["counters"]
-        assert counters["kernel.dropped.shed_bytes"] > 0 and counters["kernel.dropped.shed_calls"] > 0
-        # The header blocks were all there: no field unknown, no framing lost, nothing counted lost.
-        for lost in ("http2.fields_unknown", "http2.resync_bytes", "http.lost_bytes", "http.uncopied_bytes"):
-            assert not counters.get(lost), (lost, counters)
+        shed_and_nothing_lost(c, 80)
 
 
 def test_shedding_follows_frames_across_calls_on_cleartext(start_collector):
@@ -258,12 +271,9 @@ def test_shedding_follows_frames_across_calls_on_cleartext(start_collector):
         assert srv.stdout.readline().strip() == "listening"
         r = run([sys.executable, str(peer), "call", str(port), "5", "40000"], timeout=60)
         assert r.returncode == 0 and r.stdout.strip() == b"done", r.stderr
-        got = c.wait_pairs(lambda p: p["path"].startswith("/prior/"), count=10, timeout=30)
-        by = {(p["path"], p["direction"]): p for p in got}
-        assert len(by) == 10, sorted(by)
+        by = shed_pairs(c, "/prior/", 10)
         cut = 0
         for (path, _), p in by.items():
-            akto_acceptable(p)
             assert p["type"] == "HTTP/2.0" and p["method"] == "POST" and p["statusCode"] == "200"
             assert header(p["requestHeaders"], "x-request-id") == "prior-" + path.rsplit("/", 1)[1]
             for half in ("request", "response"):  # cut, or (a call the kernel could not walk) exact
@@ -272,10 +282,8 @@ def test_shedding_follows_frames_across_calls_on_cleartext(start_collector):
                 else:
                     assert json.loads(p[half + "Payload"])["path"] == path
         assert cut >= 18, cut  # the frames are followed from the preface on, across calls
-        counters = c.wait_log("stats", timeout=20, pred=lambda r: r["counters"].get("pairs", 0) >= 10)["counters"]
+        counters = shed_and_nothing_lost(c, 10)
         assert counters["kernel.dropped.shed_bytes"] >= 2 * 2 * 5 * 39000  # both ways, seen by both processes
-        for lost in ("http2.fields_unknown", "http2.resync_bytes", "http.lost_bytes", "http.uncopied_bytes"):
-            assert not counters.get(lost), (lost, counters)
     finally:
         srv.kill()
         srv.wait()
