@@ -201,36 +201,64 @@ struct tls_call_t {
 BPF_TABLE("lru_hash", u32, struct tls_call_t, tls_calls, 16384);
 /* Per thread: the socket it read last (node runs OpenSSL over memory BIOs,
  * so no syscall happens under SSL_read; the ciphertext it decrypts was just
- * read from this fd by the same event-loop thread). Written on every socket
- * read of every process, so it must be cheap: an lru_hash update cost 250 to
- * 450 ns per read here, a third of the whole program. So a slot per thread
- * id's low bits holds (tid << 32 | fd), written and read by one aligned
- * 8-byte access (never torn); a slot two threads share answers only for the
- * thread that wrote it last, and a thread's exit clears its own, so a reused
- * thread id never inherits an fd. */
+ * read from this fd by the same event-loop thread), and whether it is inside
+ * a TLS library call or a Go crypto/tls call (tls_calls, go_threads hold
+ * those). Read on every socket call of every process, so it must be cheap:
+ * an lru_hash update cost 250 to 450 ns per read here, and the two lookups
+ * of tls_calls and go_threads that every socket call made (nearly always
+ * finding nothing) about 100 ns more. So a slot per thread id's low bits
+ * holds (tid << 32 | flags | fd), written and read by one aligned 8-byte
+ * access (never torn). A slot two threads share answers only for the thread
+ * that wrote it last: the other finds another tid there, which means
+ * "unknown", and looks in the two maps as before. A flag is set when the
+ * call's map entry is made and cleared when it is deleted, so a slot of a
+ * thread's own with no flag is certain: no entry. A thread's exit clears its
+ * slot, so a reused thread id never inherits an fd. fds are below 2^30
+ * (fs.nr_open's maximum), which leaves two bits. */
 #define LAST_READ_SLOTS 65536
+#define SLOT_IN_TLS (1u << 31)
+#define SLOT_IN_GO (1u << 30)
+#define SLOT_IN_CALL (SLOT_IN_TLS | SLOT_IN_GO)
+#define SLOT_FD (SLOT_IN_GO - 1)
+#define SLOT_NO_FD SLOT_FD
 BPF_ARRAY(last_read_fd, u64, LAST_READ_SLOTS);
 
-static __always_inline void last_read_set(u32 tid, s32 fd) {
+static __always_inline u64 *thread_slot(u32 tid) {
     u32 slot = tid & (LAST_READ_SLOTS - 1);
-    u64 *v = last_read_fd.lookup(&slot);
-    if (v)
-        *v = ((u64)tid << 32) | (u32)fd;
+    return last_read_fd.lookup(&slot);
+}
+
+/* The low word of thread tid's slot (flags | fd); unknown (every flag, no
+ * fd) when another thread wrote the slot last. */
+static __always_inline u32 slot_word(u64 *v, u32 tid) {
+    u64 x = v ? *v : 0;
+    return (u32)(x >> 32) == tid ? (u32)x : (SLOT_IN_CALL | SLOT_NO_FD);
+}
+
+/* The thread has entered (on) or left a TLS or Go TLS call (its map entry
+ * was just made or deleted). */
+static __always_inline void thread_flag(u32 tid, u32 flag, int on) {
+    u64 *v = thread_slot(tid);
+    if (!v)
+        return;
+    u64 x = *v;
+    if ((u32)(x >> 32) != tid) {
+        if (!on)
+            return; /* not ours: nothing of ours to clear */
+        x = SLOT_NO_FD;
+    }
+    u32 w = on ? ((u32)x | flag) : ((u32)x & ~flag);
+    *v = ((u64)tid << 32) | w;
 }
 
 /* The socket thread tid read last, or -1. */
 static __always_inline s32 last_read_get(u32 tid) {
-    u32 slot = tid & (LAST_READ_SLOTS - 1);
-    u64 *v = last_read_fd.lookup(&slot);
-    if (!v)
-        return -1;
-    u64 x = *v;
-    return (u32)(x >> 32) == tid ? (s32)(u32)x : -1;
+    u32 fd = slot_word(thread_slot(tid), tid) & SLOT_FD;
+    return fd == SLOT_NO_FD ? -1 : (s32)fd;
 }
 
 static __always_inline void last_read_forget(u32 tid) {
-    u32 slot = tid & (LAST_READ_SLOTS - 1);
-    u64 *v = last_read_fd.lookup(&slot);
+    u64 *v = thread_slot(tid);
     if (v && (u32)(*v >> 32) == tid)
         *v = 0;
 }
@@ -687,6 +715,71 @@ static __always_inline void emit_call(void *ctx, int which, struct ev_hdr *h, co
     count(C_EMIT_UNREACHED, 1); /* the copying program is not there (yet): nothing copied */
 }
 
+/* A call with a few iovecs whose bytes fit GATHER_MAX goes out as one record:
+ * its iovecs are gathered in a per-CPU buffer, sent by bpf_ringbuf_output
+ * (which takes a variable size), instead of a record per iovec. nginx writes
+ * every response as one writev of its head and its body: one record instead
+ * of two is one reservation less here, and one record less to decode and
+ * feed in user space, for every such response. The buffer is twice
+ * GATHER_MAX so that an offset and a length each masked below GATHER_MAX
+ * stay inside it, which is what the verifier can check. A program that can
+ * be preempted (uprobes run so) must not share a per-CPU buffer with another
+ * run on the same CPU meanwhile: `busy` is taken by compare-and-swap, and a
+ * run that finds it taken copies piece by piece (into records of its own). */
+#define GATHER_MAX (CHUNK_8K - 1)
+#define GATHER_IOV 8
+struct gather_t { u64 busy; struct ev_hdr h; char buf[2 * CHUNK_8K]; };
+BPF_PERCPU_ARRAY(gather_buf, struct gather_t, 1);
+
+static __always_inline int gather_into(struct emit_job_t *j, struct gather_t *g) {
+    const struct iovec *vec = (const struct iovec *)j->vec;
+    u32 total = j->total, off = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < GATHER_IOV; i++) {
+        if (off >= total)
+            break;
+        struct iovec iv = {};
+        if (i >= j->vlen || bpf_probe_read_user(&iv, sizeof(iv), &vec[i]) != 0)
+            return 0;
+        u64 n = iv.iov_len < total - off ? iv.iov_len : total - off;
+        u64 o = off;
+        /* no-ops (both are below GATHER_MAX) that the verifier needs to see */
+        asm volatile("%[v] &= %[mask]" : [v] "+r"(o) : [mask] "i"(CHUNK_8K - 1));
+        asm volatile("%[v] &= %[mask]" : [v] "+r"(n) : [mask] "i"(CHUNK_8K - 1));
+        if (n && bpf_probe_read_user(g->buf + o, n, iv.iov_base) != 0)
+            return 0;
+        off += n;
+    }
+    if (off < total)
+        return 0;
+    __builtin_memcpy(&g->h, &j->h, sizeof(g->h));
+    g->h.offset = 0;
+    g->h.flags &= ~FLAG_CUT;
+    g->h.len = total;
+    u64 size = total;
+    asm volatile("%[v] &= %[mask]" : [v] "+r"(size) : [mask] "i"(CHUNK_8K - 1));
+    if (events.ringbuf_output(&g->h, sizeof(struct ev_hdr) + size, BPF_RB_NO_WAKEUP) != 0) {
+        ring_full();
+        j->full = 1;
+    } else {
+        j->done = total;
+    }
+    return 1;
+}
+
+/* 1: the call was sent whole as one record, or the ring refused it (j->full
+ * set); 0: not gathered (more iovecs than GATHER_IOV, an unreadable one),
+ * to be copied piece by piece. */
+static __always_inline int gather_call(struct emit_job_t *j) {
+    u32 zero = 0;
+    struct gather_t *g = gather_buf.lookup(&zero);
+    if (!g || __sync_val_compare_and_swap(&g->busy, 0, 1) != 0)
+        return 0;
+    int sent = gather_into(j, g);
+    g->busy = 0;
+    return sent;
+}
+
 /* HTTP/2 is never shed by connection: its header blocks feed an HPACK table
  * that lives as long as the connection (hours, for a gRPC channel), and one
  * block missed leaves it unknown. While shedding, a call of an HTTP/2
@@ -843,6 +936,11 @@ static __always_inline int run_emit_job(void *ctx, int which) {
     u32 total = j->total, limit = j->limit;
     const struct iovec *vec = (const struct iovec *)j->vec;
     h.flags &= ~FLAG_CUT;
+    if (vec && j->runs == 1 && total <= GATHER_MAX && total <= COPY_LIMIT && limit == total && gather_call(j)) {
+        if (j->full)
+            emit_cut(&h, 0);
+        return 0;
+    }
 #pragma clang loop unroll(disable)
     for (int i = 0; i < MAX_PIECES; i++) {
         if (j->owner != me) {

@@ -86,6 +86,7 @@ static __always_inline int go_enter(struct pt_regs *ctx, u8 dir) {
     go_calls.update(&k, &c);
     struct go_thread_t t = {.g = ctx->r14, .fd = -1, .tgid = tgid};
     go_threads.update(&tid, &t);
+    thread_flag(tid, SLOT_IN_GO, 1);
     return 0;
 }
 
@@ -123,6 +124,7 @@ static __always_inline int go_ret(struct pt_regs *ctx) {
     if (t && t->g == k.g && t->tgid == tgid) {
         seen = t->fd;
         go_threads.delete(&tid);
+        thread_flag(tid, SLOT_IN_GO, 0);
     }
     if (seen < 0) {
         /* A Read that parked (EAGAIN, then the netpoller) resumes on another

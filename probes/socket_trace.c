@@ -173,16 +173,27 @@ static __always_inline int on_socket_call(void *ctx, struct sc_args_t *ap, long 
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = id;
     struct sc_args_t a = *ap;
-    struct go_thread_t *gt = go_threads.lookup(&tid);
-    if (gt && gt->tgid == tgid)
-        gt->fd = a.fd; /* under a Go TLS call: the socket that confirms its layout */
-    if (a.dir == DIR_RECV)
-        last_read_set(tid, a.fd);
+    u64 *slot = thread_slot(tid);
+    u32 in_call = slot_word(slot, tid) & SLOT_IN_CALL;
+    struct tls_call_t *t = 0;
+    if (in_call) {
+        /* In a TLS call, or not known (common.h, last_read_fd): look. */
+        in_call = 0;
+        struct go_thread_t *gt = go_threads.lookup(&tid);
+        if (gt && gt->tgid == tgid) {
+            gt->fd = a.fd; /* under a Go TLS call: the socket that confirms its layout */
+            in_call |= SLOT_IN_GO;
+        }
+        t = tls_calls.lookup(&tid);
+        if (t)
+            in_call |= SLOT_IN_TLS;
+    }
+    if (a.dir == DIR_RECV && slot)
+        *slot = ((u64)tid << 32) | in_call | ((u32)a.fd & SLOT_FD);
     u64 key = conn_key(tgid, a.fd);
 
     /* Inside a TLS call: these are the ciphertext of its plaintext. Name the
      * fd for the TLS return probe and keep the bytes out. */
-    struct tls_call_t *t = tls_calls.lookup(&tid);
     if (t) {
         t->fd = a.fd;
         t->sk = a.sk;
@@ -196,7 +207,9 @@ static __always_inline int on_socket_call(void *ctx, struct sc_args_t *ap, long 
             sp->sk = a.sk;
         return 0;
     }
-    struct conn_t *c = conn_get(key, a.is_sock, 0, ROLE_UNKNOWN);
+    struct conn_t *c = conn_get(key, 0, 0, ROLE_UNKNOWN);
+    if (!c && a.is_sock && !ignored(tgid))
+        c = conn_get(key, 1, 0, ROLE_UNKNOWN);
     if (!c) {
         /* The fallback path, an fd not seen opened: a connection from before
          * the collector started, or a file. Taken only when its data starts
@@ -263,8 +276,9 @@ static __always_inline int on_socket_call(void *ctx, struct sc_args_t *ap, long 
 static __always_inline int sock_data(void *ctx, void *sk, u16 family, u16 protocol, long ret, u8 dir) {
     if (ret <= 0 || (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP)
         return 0;
-    if (ignored(bpf_get_current_pid_tgid() >> 32))
-        return 0;
+    /* The collector's own processes are left out where a connection would be
+     * made for them (on_socket_call), not here: a hash lookup less on every
+     * call of every connection that is traced. */
     struct sc_args_t a = {};
     int found = args_from_regs(&a, dir);
     if (found <= 0) {

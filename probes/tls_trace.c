@@ -77,6 +77,7 @@ static __always_inline int tls_enter(struct pt_regs *ctx, u8 dir, int ex) {
     t.dir = dir;
     t.start = bpf_ktime_get_ns();
     tls_calls.update(&tid, &t);
+    thread_flag(tid, SLOT_IN_TLS, 1);
     return 0;
 }
 
@@ -88,6 +89,7 @@ static __always_inline int tls_exit(struct pt_regs *ctx, int retkind) {
         return 0;
     struct tls_call_t t = *tp;
     tls_calls.delete(&tid);
+    thread_flag(tid, SLOT_IN_TLS, 0);
 
     s64 n = 0;
     if (retkind == RET_INT) {

@@ -26,7 +26,9 @@ real acquire/release operations; do not port it there without them.
 
 Records are reserved in a few fixed slot sizes, so a record's own header
 says how much of its slot is used (``used_at``: the offset of a u16 count
-of used bytes after the first ``head`` bytes); only those are copied.
+of used bytes after the first ``head`` bytes); only those are copied. (A
+gathered call, sent by ``bpf_ringbuf_output``, is a record of its exact
+size: used and length agree.)
 This module imports nothing from bcc: it needs only the map's fd (the unit
 tests lay a ring out on a memfd).
 """

@@ -221,6 +221,36 @@ def test_concurrent_clients_bytes_never_mixed(collector, app):
         assert json.loads(p["responsePayload"])["received"] == len(p["requestPayload"])
 
 
+def test_requests_written_with_iovecs_arrive_whole(collector, app):
+    """sendmsg with several buffers: a few that fit one record (gathered into one
+    in the kernel), more buffers than are gathered, more bytes than are gathered,
+    an empty buffer among them. The client's copy of each request is exact."""
+    cases = {
+        "few": lambda head, body: [head[:10], head[10:], body],
+        "many": lambda head, body: [head] + [body[i:i + 40] for i in range(0, len(body), 40)],
+        "large": lambda head, body: [head, body, body, body],
+        "empty": lambda head, body: [head, b"", body],
+    }
+    s = socket.create_connection(("127.0.0.1", app.port))
+    for name, layout in cases.items():
+        body = (f"{name}-" * (3000 if name == "large" else 100)).encode()
+        sent = body * 3 if name == "large" else body
+        head = b"POST /iov/%s HTTP/1.1\r\nHost: iov.local\r\nContent-Length: %d\r\n\r\n" % (name.encode(), len(sent))
+        bufs = layout(head, body)
+        assert sum(map(len, bufs)) == len(head) + len(sent)
+        assert s.sendmsg(bufs) == len(head) + len(sent)
+        resp = b""
+        while b'"received"' not in resp or not resp.endswith(b"}"):
+            resp += s.recv(65536)
+    s.close()
+    for name in cases:
+        for direction in ("1", "2"):
+            p = collector.wait_pairs(for_path(f"/iov/{name}", direction))[0]
+            assert p["requestPayloadCut"] == "false", (name, direction)
+            assert json.loads(p["responsePayload"])["received"] == len(p["requestPayload"])
+            assert p["requestPayload"].startswith(f"{name}-") and set(p["requestPayload"].split("-")) == {name, ""}
+
+
 def bpf_program_ids() -> set[int]:
     out = subprocess.run(["bpftool", "--json", "prog", "show"], capture_output=True, text=True).stdout
     return {p["id"] for p in json.loads(out or "[]")}
