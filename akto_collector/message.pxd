@@ -10,3 +10,10 @@ cdef class MessageEncoder:
     # The pair's fields are C struct members: read directly, not looked up.
     @cython.locals(exchange=Exchange, req=HttpRequest, resp=HttpResponse)
     cpdef encode(self, exchange, meta)
+
+# Called per pair by encode: C calls instead of Python calls (still callable from Python).
+cpdef dict header_map(headers)
+cpdef tuple _fields(headers)
+cpdef bytes _rename_host(doc, host)
+cpdef str payload_text(body, cut, size)
+cpdef str grpc_text(body)

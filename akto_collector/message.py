@@ -178,7 +178,9 @@ def _fields(headers: list[tuple[str, str]]) -> tuple[dict[str, str], str | None]
                 return out, None
             if "Host" in out:
                 return out, "Host"
-            return out, next(k for k in out if k.lower() == "host")
+            for k in out:  # a loop, not next(generator): a compiled cpdef cannot hold a closure
+                if k.lower() == "host":
+                    return out, k
     out = {}
     keys: dict[str, str] = {}  # lower-cased name -> key used in out
     for name, value in headers:

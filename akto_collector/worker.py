@@ -27,7 +27,7 @@ from akto_collector.kernel.records import (
     KIND_OPEN,
     RECORD,
 )
-from akto_collector.events import ROLE_CLIENT, ROLE_SERVER, ConnId, ConnMeta, DataEvent
+from akto_collector.events import ROLE_CLIENT, ROLE_SERVER, ConnId, ConnMeta
 from akto_collector.filters import PairFilter
 from akto_collector.message import MessageEncoder
 from akto_collector.redact import Redactor
@@ -148,8 +148,7 @@ class Worker:
                         self.by_tgid.setdefault(tgid, set()).add(conn)
                     if cs.finished:  # CONNECT/Upgrade: tunnel bytes until close
                         continue
-                    for ex in cs.on_event(_new_tuple(DataEvent, (conn, ts, direction, call_pos, total, offset, flags,
-                                                                 blob[start:off], proto))):
+                    for ex in cs.on_data(ts, direction, call_pos, total, offset, flags, blob[start:off], proto):
                         self.emit(ex)
                 elif kind == KIND_ADDR or kind == KIND_OPEN:
                     self.on_address(conn, kind, role, blob[start:off], ts)

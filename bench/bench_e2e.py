@@ -216,7 +216,7 @@ def main() -> None:
                 col.kill()
             err.close()
             t1 = time.monotonic()
-            drops, delivered, ring_peak = {}, 0, 0.0
+            drops, delivered, records, ring_peak = {}, 0, 0, 0.0
             import orjson
             for line in (tmp / "collector.log").read_bytes().splitlines():
                 rec = orjson.loads(line)
@@ -224,6 +224,7 @@ def main() -> None:
                 if rec.get("event") == "stats_final":
                     drops = rec.get("drops", {})
                     delivered = rec.get("counters", {}).get("sink.delivered", 0)
+                    records = rec.get("counters", {}).get("worker.records", 0)
             if broker is not None:
                 got = broker.consume_all("akto.api.logs", timeout=300, idle=5.0)
                 consumed = sum(1 for r in got if b"/api/items" in r.value)
@@ -239,6 +240,11 @@ def main() -> None:
             print(f"collector CPU, load start to last pair: {(cpu1 - cpu0) / elapsed * 100:.0f}% of one core; "
                   f"RSS {rss / 1e6:.0f} MB (supervisor + workers)")
             print(f"  of which supervisor {each[0]:.0f}%, workers " + ", ".join(f"{c:.0f}%" for c in each[1:]))
+            if consumed:
+                per_pair = [c / 100 * elapsed / consumed * 1e6 for c in each]
+                print(f"collector CPU per pair: {sum(per_pair):.1f} us (supervisor {per_pair[0]:.1f} us, "
+                      f"workers {sum(per_pair[1:]):.1f} us; load start to last pair, idle time included); "
+                      f"{records / consumed:.2f} kernel records per pair")
             print(f"sharing the cores: wrk {load_cpu / args.seconds * 100:.0f}% during the load"
                   + (f", broker {broker_cpu / elapsed * 100:.0f}%" if broker is not None else ""))
     finally:

@@ -6,6 +6,10 @@
 
 cimport cython
 
+from akto_collector.protocols.http1_syntax cimport (
+    body_framing, content_length, head_end, parse_fields, plain_request_line,
+)
+
 cdef class MessageReader:
     cdef public object kind, direction, _limits, _counters, _owner
     cdef public object _state, _buf, _buf_ts, _scan, _line_ok, _line_start
@@ -16,8 +20,8 @@ cdef class MessageReader:
     cpdef _reset_message(self)
     cpdef feed(self, data, ts, call_start=*)
     cpdef _read_head(self, b, i, n, old, ts)
-    @cython.locals(text=str, lines=list, line=str, headers=list, idx=Py_ssize_t, end=Py_ssize_t,
-                   k=Py_ssize_t, a=Py_ssize_t, c=Py_UCS4)
+    @cython.locals(rb=bytes, p=cython.p_uchar, text=str, first=str, headers=list, n=Py_ssize_t, first_end=Py_ssize_t,
+                   pos=Py_ssize_t, le=Py_ssize_t, end=Py_ssize_t, k=Py_ssize_t, a=Py_ssize_t, c=int)
     cpdef _parse_head(self, raw, ts)
     cpdef _frame_body(self, framing, cl)
     cpdef _take(self, b, i, j)

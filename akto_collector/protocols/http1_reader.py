@@ -476,36 +476,50 @@ class MessageReader:
 
     def _parse_head(self, raw, ts: float) -> bool:
         """Parse a head (start line and fields, no final empty line) and set up the body."""
+        rb = raw if type(raw) is bytes else bytes(raw)
+        n = len(rb)
         try:
-            text = raw.decode("utf-8")
+            text = rb.decode("utf-8")
         except UnicodeDecodeError:
-            text = raw.decode("latin-1")  # obs-text: keep every byte as a character
-        lines = text.split("\n")
-        first = lines[0].rstrip("\r")
-        # One pass with index arithmetic, which the compiled module turns into
-        # C loops over the characters (and which costs plain Python no more
-        # than partition and strip did): a line without ":" is not a field;
-        # the value loses the SP, HTAB and CR around it. An obs-fold line
-        # (beginning with SP or HTAB) sends the head to the general parser.
+            text = rb.decode("latin-1")  # obs-text: keep every byte as a character
+        first_end = rb.find(b"\n")
+        if first_end < 0:
+            first_end = n
+        first = text[:first_end] if len(text) == n else text.partition("\n")[0]
+        first = first.rstrip("\r")
         headers = []
-        for idx in range(1, len(lines)):
-            line = lines[idx]
-            end = len(line)
-            if not end:
-                continue
-            c = line[0]
-            if c == " " or c == "\t":
-                headers = parse_fields(text[len(lines[0]) + 1:])
-                break
-            k = line.find(":")
-            if k < 0:
-                continue
-            a = k + 1
-            while a < end and (line[a] == " " or line[a] == "\t" or line[a] == "\r"):
-                a += 1
-            while end > a and (line[end - 1] == "\r" or line[end - 1] == " " or line[end - 1] == "\t"):
-                end -= 1
-            headers.append((line[:k], line[a:end]))
+        if len(text) == n:
+            # One character per byte (ASCII, or the latin-1 fallback): the
+            # fields are found by scanning the bytes (in the compiled module,
+            # through a char pointer: C loops) and cut out of the text at the
+            # same indexes. A line without ":" is not a field; the value
+            # loses the SP, HTAB and CR around it. An obs-fold line (beginning
+            # with SP or HTAB) sends the head to the general parser.
+            p = rb  # compiled: a char pointer into the bytes (C loops below)
+            pos = first_end + 1
+            while pos < n:
+                le = pos
+                while le < n and p[le] != 10:
+                    le += 1
+                c = p[pos]
+                if c == 32 or c == 9:
+                    headers = parse_fields(text[first_end + 1:])
+                    break
+                k = pos
+                while k < le and p[k] != 58:
+                    k += 1
+                if k < le:
+                    a = k + 1
+                    while a < le and (p[a] == 32 or p[a] == 9 or p[a] == 13):
+                        a += 1
+                    end = le
+                    while end > a and (p[end - 1] == 13 or p[end - 1] == 32 or p[end - 1] == 9):
+                        end -= 1
+                    headers.append((text[pos:k], text[a:end]))
+                pos = le + 1
+        elif first_end < n:
+            # Raw UTF-8 beyond ASCII: byte and character indexes differ.
+            headers = parse_fields(text.partition("\n")[2])
         cl = None
         chunked = False
         coding = ""

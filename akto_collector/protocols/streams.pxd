@@ -6,3 +6,4 @@ cdef class ConnectionStream:
     cdef public object _counters, _role_hint, _plain_seen, _pos, _parser, _guessed
 
     cpdef on_event(self, ev)
+    cpdef on_data(self, ts, d, call_pos, total, offset, flags, data, proto)

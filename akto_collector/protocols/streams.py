@@ -71,15 +71,13 @@ class ConnectionStream:
         parser = self._parser
         return parser.buffered if parser is not None else 0
 
-    def _choose(self, ev: DataEvent):
+    def _choose(self, proto: int, offset: int, data: bytes):
         """The parser of the connection's protocol: the kernel's word, else the
         first bytes' (the HTTP/2 preface, or a plausible frame header: a
         server's first write is its SETTINGS frame, which alone the kernel
         cannot call HTTP/2), else HTTP/1."""
-        proto = ev.proto
         if proto == PROTO_UNKNOWN:
-            data = ev.data
-            h2 = ev.offset == 0 and ((len(data) >= 3 and H2_PREFACE.startswith(data[:24]))
+            h2 = offset == 0 and ((len(data) >= 3 and H2_PREFACE.startswith(data[:24]))
                                      or (len(data) >= 9 and plausible_frame(data, 0) >= 0))
             proto = PROTO_HTTP2 if h2 else PROTO_HTTP1
             self._guessed = True
@@ -89,10 +87,15 @@ class ConnectionStream:
         return self._parser
 
     def on_event(self, ev: DataEvent) -> list[Exchange]:
+        _, ts, d, call_pos, total, offset, flags, data, proto = ev
+        return self.on_data(ts, d, call_pos, total, offset, flags, data, proto)
+
+    def on_data(self, ts: float, d: int, call_pos: int, total: int, offset: int, flags: int, data: bytes,
+                proto: int) -> list[Exchange]:
+        """``on_event`` with the event's fields as arguments: the worker calls
+        this for every record, without building a DataEvent to take apart."""
         if self.finished:
             return []
-        # Unpacked once: a field of a NamedTuple is a property lookup each time.
-        _, ts, d, call_pos, total, offset, flags, data, proto = ev
         if ts > self.last_seen:  # a send is dated at its start: it may be older than the last record
             self.last_seen = ts
         counters = self._counters
@@ -116,7 +119,7 @@ class ConnectionStream:
                 parser.expire()
                 parser.take()
                 self._guessed = False
-            parser = self._choose(ev)
+            parser = self._choose(proto, offset, data)
         start = call_pos + offset
         end = start + len(data)
         pos = self._pos[d]

@@ -1,0 +1,60 @@
+"""Instructions per pair on a worker's whole path, counted by valgrind: a
+figure this shared, noisy host cannot move (timings here swing by ±30%
+between runs; instruction counts by well under 1%).
+
+Runs bench_worker.py under cachegrind at two sizes and divides the
+difference by the pairs between them, so start-up and imports cancel out.
+Given other trees (checkouts or worktrees of other commits, built in place),
+measures each the same way and prints the ratios to the first.
+
+    .venv/bin/python bench/bench_instructions.py [--tree DIR ...] [--pairs 2000 12000]
+
+Instructions are not time (a cache miss costs hundreds of them), but for
+interpreter-bound code they track CPU closely, and a change that removes
+work shows here whatever the load on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def instructions(tree: Path, pairs: int) -> int:
+    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+           sys.executable, str(tree / "bench" / "bench_worker.py"), "--pairs", str(pairs)]
+    env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts in every run
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
+    m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+    if out.returncode != 0 or m is None:
+        sys.exit(f"bench_worker under valgrind failed in {tree}:\n{out.stderr[-2000:]}")
+    return int(m.group(1).replace(",", ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", action="append", default=[], type=Path,
+                    help="another tree to measure (default: only this one)")
+    ap.add_argument("--pairs", type=int, nargs=2, default=(2000, 12000))
+    args = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("bench_instructions: valgrind is not installed (apt-get install valgrind)")
+    small, large = args.pairs
+    trees = [HERE, *args.tree]
+    figures = []
+    for tree in trees:
+        per_pair = (instructions(tree, large) - instructions(tree, small)) / (large - small)
+        figures.append(per_pair)
+        ratio = "" if tree == HERE else f"; this tree needs {figures[0] / per_pair:.3f}x of that"
+        print(f"{tree}: {per_pair:,.0f} instructions per pair{ratio}")
+
+
+if __name__ == "__main__":
+    main()
