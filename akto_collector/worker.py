@@ -95,6 +95,12 @@ def budget_shares(settings, total: int | None = None) -> tuple[int, int, int]:
 class Worker:
     """The per-shard pipeline; `handle_batch` is the hot path."""
 
+    # Compiled, the worker is an extension type (worker.pxd): these are C
+    # struct members, read per pair without a dict lookup each.
+    __slots__ = ("index", "settings", "counters", "stream_budget", "sink", "encoder", "filter", "limits",
+                 "disable_egress", "idle", "streams", "metas", "role_hints", "meta_seen", "by_tgid",
+                 "close_grace", "closing", "base_tag", "tags", "clock_offset")
+
     def __init__(self, index: int, settings, output: str, counters: Counter | None = None,
                  budget: int | None = None) -> None:
         self.index = index
@@ -129,17 +135,24 @@ class Worker:
         off, end = 0, len(blob)
         n = 0
         due = time.monotonic() + self.close_grace
+        clock_offset = self.clock_offset
+        emit = self.emit
         while off < end:
             ts_ns, gen, call_pos, tgid, fd, total, offset, ln, kind, flags, direction, role, proto, _ = unpack(blob, off)
             start = off + HDR_SIZE
             off = start + ln
             n += 1
-            conn = _new_tuple(ConnId, (tgid, fd, gen))
-            ts = ts_ns / 1e9 + self.clock_offset
+            # A plain tuple finds the ConnId keys (a NamedTuple hashes and
+            # compares as its tuple); the ConnId itself, an object more per
+            # record, is made only where one is kept.
+            key = (tgid, fd, gen)
+            conn = None
+            ts = ts_ns / 1e9 + clock_offset
             try:
                 if kind == KIND_DATA:
-                    cs = streams.get(conn)
+                    cs = streams.get(key)
                     if cs is None:
+                        conn = _new_tuple(ConnId, key)
                         if len(streams) >= self.settings.max_active_conn:
                             counters["worker.dropped.conn_limit"] += 1
                             continue
@@ -149,11 +162,11 @@ class Worker:
                     if cs.finished:  # CONNECT/Upgrade: tunnel bytes until close
                         continue
                     for ex in cs.on_data(ts, direction, call_pos, total, offset, flags, blob[start:off], proto):
-                        self.emit(ex)
+                        emit(ex)
                 elif kind == KIND_ADDR or kind == KIND_OPEN:
-                    self.on_address(conn, kind, role, blob[start:off], ts)
+                    self.on_address(_new_tuple(ConnId, key), kind, role, blob[start:off], ts)
                 elif kind == KIND_CLOSE:
-                    self.closing.append((due, conn, ts))
+                    self.closing.append((due, _new_tuple(ConnId, key), ts))
                 elif kind == KIND_EXIT:
                     for c in self.by_tgid.get(tgid, ()):
                         self.closing.append((due, c, ts))
@@ -163,7 +176,7 @@ class Worker:
                     self.on_tags(tgid, blob[start:off])
             except Exception as exc:  # noqa: BLE001 (one bad connection must not take the shard down)
                 counters["worker.error." + type(exc).__name__] += 1
-                self.forget(conn)
+                self.forget(conn if conn is not None else _new_tuple(ConnId, key))
         counters["worker.records"] += n
         if self.closing:
             self.finish_closed(time.monotonic())
