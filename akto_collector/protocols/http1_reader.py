@@ -19,6 +19,13 @@ buffer is bounded.
 
 from __future__ import annotations
 
+try:
+    import cython
+
+    COMPILED = cython.compiled  # this module's own form (http1_syntax has its own)
+except ImportError:
+    COMPILED = False
+
 from akto_collector.events import HttpRequest, HttpResponse
 from akto_collector.protocols.bodies import decode_body
 from akto_collector.protocols.http1_syntax import (
@@ -488,13 +495,15 @@ class MessageReader:
         first = text[:first_end] if len(text) == n else text.partition("\n")[0]
         first = first.rstrip("\r")
         headers = []
-        if len(text) == n:
-            # One character per byte (ASCII, or the latin-1 fallback): the
-            # fields are found by scanning the bytes (in the compiled module,
-            # through a char pointer: C loops) and cut out of the text at the
-            # same indexes. A line without ":" is not a field; the value
-            # loses the SP, HTAB and CR around it. An obs-fold line (beginning
-            # with SP or HTAB) sends the head to the general parser.
+        if COMPILED and len(text) == n:
+            # Compiled, and one character per byte (ASCII, or the latin-1
+            # fallback): the fields are found by scanning the bytes through a
+            # char pointer (C loops) and cut out of the text at the same
+            # indexes; as parse_fields has them, which is what the plain
+            # Python runs (its split, partition and strip cost less there
+            # than a loop per byte): a line without ":" is not a field; the
+            # value loses the SP, HTAB and CR around it. An obs-fold line
+            # (beginning with SP or HTAB) sends the head to parse_fields.
             p = rb  # compiled: a char pointer into the bytes (C loops below)
             pos = first_end + 1
             while pos < n:
@@ -518,7 +527,6 @@ class MessageReader:
                     headers.append((text[pos:k], text[a:end]))
                 pos = le + 1
         elif first_end < n:
-            # Raw UTF-8 beyond ASCII: byte and character indexes differ.
             headers = parse_fields(text.partition("\n")[2])
         cl = None
         chunked = False

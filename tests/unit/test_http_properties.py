@@ -130,3 +130,13 @@ def test_arbitrary_bytes_never_raise_and_stay_bounded(events, hint):
         assert cs.buffered <= BOUND
     cs.on_close(99.0)
     assert cs.buffered == 0
+
+
+@given(st.binary(max_size=40).map(lambda b: bytes(b"\r\nab"[c % 4] for c in b)), st.integers(0, 40), st.booleans())
+def test_head_end_agrees_with_two_finds(data, start, as_bytearray):
+    # Compiled, head_end is a byte loop: it must find what the interpreted form's two finds find.
+    from akto_collector.protocols.http1_syntax import head_end, head_end_by_finds
+
+    b = bytearray(data) if as_bytearray else data
+    start = min(start, len(b))
+    assert head_end(b, start, len(b)) == head_end_by_finds(b, start, len(b))
