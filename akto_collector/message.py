@@ -30,14 +30,19 @@ _CUT_MARK = "akto-collector: body cut, {kept} of {size} bytes captured, JSON not
 _dumps = orjson.dumps
 
 # The message after the per-pair head (path ... status, its closing brace
-# removed): orjson's compact output, so the value equals orjson.dumps of the
-# whole message as one dict.
-_TEMPLATE = (
-    b'%b,%b,"time":"%d",%b,"requestPayloadCut":"%b","responsePayloadCut":"%b",'
-    b'"requestPayloadSize":"%d","responsePayloadSize":"%d","tls":"%b"}'
+# removed), as the pieces between its values: orjson's compact output, so the
+# value equals orjson.dumps of the whole message as one dict. Joined, not
+# %-formatted: bytes formatting parses its template on every call.
+_TIME = b',"time":"'
+_TIME_END = b'",'
+_CUTS = (  # (request cut, response cut) -> the two members, with the size key that follows
+    b',"requestPayloadCut":"false","responsePayloadCut":"false","requestPayloadSize":"',
+    b',"requestPayloadCut":"false","responsePayloadCut":"true","requestPayloadSize":"',
+    b',"requestPayloadCut":"true","responsePayloadCut":"false","requestPayloadSize":"',
+    b',"requestPayloadCut":"true","responsePayloadCut":"true","requestPayloadSize":"',
 )
-_TRUE = b"true"
-_FALSE = b"false"
+_RESP_SIZE = b'","responsePayloadSize":"'
+_TLS = (b'","tls":"false"}', b'","tls":"true"}')
 _MAX_CONNS = 4096  # cached connections' constant fields; beyond, the cache starts afresh
 
 
@@ -101,17 +106,20 @@ class MessageEncoder:
             if len(self._conns) >= _MAX_CONNS:
                 self._conns.clear()
             self._conns[cid] = conn
-        value = _TEMPLATE % (
+        value = b"".join((
             memoryview(head)[:-1],  # without its closing brace (a view: no copy)
+            b",",
             conn[2],
-            int(req.ts or resp.ts),
+            _TIME,
+            str(int(req.ts or resp.ts)).encode(),
+            _TIME_END,
             conn[3],
-            _TRUE if req.body_cut else _FALSE,
-            _TRUE if resp.body_cut else _FALSE,
-            req.body_size,
-            resp.body_size,
-            _TRUE if exchange.tls else _FALSE,
-        )
+            _CUTS[(2 if req.body_cut else 0) + (1 if resp.body_cut else 0)],
+            str(req.body_size).encode(),
+            _RESP_SIZE,
+            str(resp.body_size).encode(),
+            _TLS[1 if exchange.tls else 0],
+        ))
         if req.grpc_sizes is not None or resp.grpc_sizes is not None or exchange.extra:
             value = value[:-1] + b"," + _dumps(_extra_fields(exchange))[1:]
         return conn[1], value

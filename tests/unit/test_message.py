@@ -212,6 +212,15 @@ def test_value_is_byte_identical_to_one_dict_through_orjson(headers):
     assert enc.encode(x, meta) == reference_encode(enc, x, meta)
 
 
+@pytest.mark.parametrize("req_cut", [False, True])
+@pytest.mark.parametrize("resp_cut", [False, True])
+@pytest.mark.parametrize("tls", [False, True])
+def test_cut_and_tls_members_byte_identical_to_one_dict_through_orjson(req_cut, resp_cut, tls):
+    x = ex(req_body=b"abc", req_cut=req_cut, resp_body=b"def", resp_cut=resp_cut)
+    x.tls = tls
+    assert ENC.encode(x, META) == reference_encode(ENC, x, META)
+
+
 @pytest.mark.parametrize("name", STREAMS)
 def test_recorded_streams_byte_identical_to_one_dict_through_orjson(name):
     out, _, _ = run(load(name))
