@@ -200,16 +200,21 @@ static __always_inline int on_socket_call(void *ctx, struct sc_args_t *ap, long 
         return 0;
     }
 
-    struct skip_t *sp = skipped.lookup(&key);
-    if (sp) {
-        /* Not HTTP so far; remember the socket in case TLS plaintext shows up. */
-        if (!sp->sk)
-            sp->sk = a.sk;
-        return 0;
+    /* A key is in conns or in skipped, never in both (judge_not_http and
+     * conn_get_tls move it): conns first, since what is traced is looked up
+     * on every call; skipped only when that misses. */
+    struct conn_t *c = conns.lookup(&key);
+    if (!c) {
+        struct skip_t *sp = skipped.lookup(&key);
+        if (sp) {
+            /* Not HTTP so far; remember the socket in case TLS plaintext shows up. */
+            if (!sp->sk)
+                sp->sk = a.sk;
+            return 0;
+        }
+        if (a.is_sock && !ignored(tgid))
+            c = conn_get(key, 1, 0, ROLE_UNKNOWN);
     }
-    struct conn_t *c = conn_get(key, 0, 0, ROLE_UNKNOWN);
-    if (!c && a.is_sock && !ignored(tgid))
-        c = conn_get(key, 1, 0, ROLE_UNKNOWN);
     if (!c) {
         /* The fallback path, an fd not seen opened: a connection from before
          * the collector started, or a file. Taken only when its data starts
