@@ -146,7 +146,6 @@ class Worker:
             # compares as its tuple); the ConnId itself, an object more per
             # record, is made only where one is kept.
             key = (tgid, fd, gen)
-            conn = None
             ts = ts_ns / 1e9 + clock_offset
             try:
                 if kind == KIND_DATA:
@@ -176,7 +175,7 @@ class Worker:
                     self.on_tags(tgid, blob[start:off])
             except Exception as exc:  # noqa: BLE001 (one bad connection must not take the shard down)
                 counters["worker.error." + type(exc).__name__] += 1
-                self.forget(conn if conn is not None else _new_tuple(ConnId, key))
+                self.forget(_new_tuple(ConnId, key))
         counters["worker.records"] += n
         if self.closing:
             self.finish_closed(time.monotonic())
