@@ -6,10 +6,10 @@ cdef class _Record:
     pass
 
 cdef class HttpRequest(_Record):
-    cdef public object method, target, version, headers, body, body_cut, body_size, ts, grpc_sizes
+    cdef public object method, target, version, headers, body, body_cut, body_size, ts, grpc_sizes, host_name
 
 cdef class HttpResponse(_Record):
-    cdef public object version, status, reason, headers, body, body_cut, body_size, ts, grpc_sizes
+    cdef public object version, status, reason, headers, body, body_cut, body_size, ts, grpc_sizes, host_name
 
 cdef class Exchange(_Record):
     cdef public object conn, role, tls, request, response, extra

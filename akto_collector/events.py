@@ -65,11 +65,12 @@ class _Record:
     """
 
     __slots__ = ()
+    _HINTS = ("host_name",)  # what a parser noted for the encoder: not the message, not compared
 
     def __eq__(self, other):
         if type(other) is not type(self):
             return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in type(self).__slots__)
+        return all(getattr(self, f) == getattr(other, f) for f in type(self).__slots__ if f not in _Record._HINTS)
 
     def __repr__(self):
         fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in type(self).__slots__)
@@ -79,11 +80,12 @@ class _Record:
 
 
 class HttpRequest(_Record):
-    __slots__ = ("method", "target", "version", "headers", "body", "body_cut", "body_size", "ts", "grpc_sizes")
+    __slots__ = ("method", "target", "version", "headers", "body", "body_cut", "body_size", "ts", "grpc_sizes",
+                 "host_name")
 
     def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]],
                  body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0,
-                 grpc_sizes: list[int] | None = None):
+                 grpc_sizes: list[int] | None = None, host_name: str | None = None):
         self.method = method
         self.target = target  # as sent, query string included (HTTP/2: :path)
         self.version = version  # the message's "type": "HTTP/1.1", "HTTP/2.0", "gRPC"
@@ -95,14 +97,20 @@ class HttpRequest(_Record):
         # gRPC: the body is its messages' bytes concatenated (decompressed);
         # these are their sizes, so a consumer can split them. None: not gRPC.
         self.grpc_sizes = grpc_sizes
+        # Set by a parser that checked the field names while it had them as
+        # bytes (compiled HTTP/1): no two names are equal ignoring case, and
+        # Host is spelt so among them ("": no Host). The encoder then makes
+        # its header map with one dict() (message._fields). None: unchecked.
+        self.host_name = host_name
 
 
 class HttpResponse(_Record):
-    __slots__ = ("version", "status", "reason", "headers", "body", "body_cut", "body_size", "ts", "grpc_sizes")
+    __slots__ = ("version", "status", "reason", "headers", "body", "body_cut", "body_size", "ts", "grpc_sizes",
+                 "host_name")
 
     def __init__(self, version: str, status: int, reason: str, headers: list[tuple[str, str]],
                  body: bytes = b"", body_cut: bool = False, body_size: int = 0, ts: float = 0.0,
-                 grpc_sizes: list[int] | None = None):
+                 grpc_sizes: list[int] | None = None, host_name: str | None = None):
         self.version = version
         self.status = status
         self.reason = reason
@@ -112,6 +120,7 @@ class HttpResponse(_Record):
         self.body_size = body_size
         self.ts = ts
         self.grpc_sizes = grpc_sizes
+        self.host_name = host_name  # as HttpRequest.host_name
 
 
 class Exchange(_Record):

@@ -12,8 +12,8 @@ cdef class MessageEncoder:
     cpdef encode(self, exchange, meta)
 
 # Called per pair by encode: C calls instead of Python calls (still callable from Python).
-cpdef dict header_map(headers)
-cpdef tuple _fields(headers)
+cpdef dict header_map(headers, host_name=*)
+cpdef tuple _fields(headers, host_name)
 cpdef bytes _rename_host(doc, host)
 cpdef str payload_text(body, cut, size)
 cpdef str grpc_text(body)

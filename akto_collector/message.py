@@ -74,10 +74,10 @@ class MessageEncoder:
         req = exchange.request
         resp = exchange.response
         client = exchange.role == ROLE_CLIENT
-        req_headers, host = _fields(req.headers)
+        req_headers, host = _fields(req.headers, req.host_name)
         if host is None and "host" not in req_headers:
             req_headers["host"] = _default_host(req.target, meta.peer if client else meta.local)
-        resp_headers = header_map(resp.headers)
+        resp_headers = header_map(resp.headers, resp.host_name)
         req_text = payload_text(req.body, req.body_cut, req.body_size) if req.grpc_sizes is None \
             else grpc_text(req.body)
         resp_text = payload_text(resp.body, resp.body_cut, resp.body_size) if resp.grpc_sizes is None \
@@ -147,20 +147,21 @@ class MessageEncoder:
         return meta.tag, key, ip, middle
 
 
-def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
+def header_map(headers: list[tuple[str, str]], host_name: str | None = None) -> dict[str, str]:
     """Header fields as one string per name.
 
     Names are kept as first sent, except Host, which is always the key
     ``host``. Names differing only in case are one field; repeated values are
-    joined with ", " ("\\n" for Set-Cookie, "; " for Cookie).
+    joined with ", " ("\\n" for Set-Cookie, "; " for Cookie). ``host_name``:
+    the message's (HttpRequest.host_name).
     """
-    out, host = _fields(headers)
+    out, host = _fields(headers, host_name)
     if host is not None:
         out = {("host" if k == host else k): v for k, v in out.items()}
     return out
 
 
-def _fields(headers: list[tuple[str, str]]) -> tuple[dict[str, str], str | None]:
+def _fields(headers: list[tuple[str, str]], host_name: str | None) -> tuple[dict[str, str], str | None]:
     """``header_map`` but for one step: Host may still be under the name it was sent as.
 
     That name (e.g. "Host") is returned when it is not "host" and still needs
@@ -169,6 +170,8 @@ def _fields(headers: list[tuple[str, str]]) -> tuple[dict[str, str], str | None]
     renames it in the serialized JSON instead.
     """
     out = dict(headers)
+    if host_name is not None:  # the parser proved the names distinct ignoring case
+        return out, (host_name if host_name and host_name != "host" else None)
     n = len(out)
     if n == len(headers):
         # Fast path: no name repeated exactly; check case-insensitively too.

@@ -21,7 +21,8 @@ cdef class MessageReader:
     cpdef feed(self, data, ts, call_start=*)
     cpdef _read_head(self, b, i, n, old, ts)
     @cython.locals(rb=bytes, p=cython.p_uchar, text=str, first=str, headers=list, n=Py_ssize_t, first_end=Py_ssize_t,
-                   pos=Py_ssize_t, le=Py_ssize_t, end=Py_ssize_t, k=Py_ssize_t, a=Py_ssize_t, c=int)
+                   pos=Py_ssize_t, le=Py_ssize_t, end=Py_ssize_t, k=Py_ssize_t, a=Py_ssize_t, c=int,
+                   names=int, j=int, high=int, h=cython.ulonglong, prime=cython.ulonglong, hashes=cython.ulonglong[32])
     cpdef _parse_head(self, raw, ts)
     cpdef _frame_body(self, framing, cl)
     cpdef _take(self, b, i, j)

@@ -495,6 +495,7 @@ class MessageReader:
         first = text[:first_end] if len(text) == n else text.partition("\n")[0]
         first = first.rstrip("\r")
         headers = []
+        host_name = None  # the names unchecked (HttpRequest.host_name)
         if COMPILED and len(text) == n:
             # Compiled, and one character per byte (ASCII, or the latin-1
             # fallback): the fields are found by scanning the bytes through a
@@ -504,7 +505,16 @@ class MessageReader:
             # than a loop per byte): a line without ":" is not a field; the
             # value loses the SP, HTAB and CR around it. An obs-fold line
             # (beginning with SP or HTAB) sends the head to parse_fields.
+            # While a name's bytes pass, they are hashed lower-cased (| 32
+            # lower-cases ASCII letters and maps each other byte to one
+            # byte): two names equal ignoring case hash alike, so distinct
+            # hashes prove the names distinct, which saves the encoder its
+            # case-folding (message._fields). A repeat, a collision, a
+            # non-ASCII name or more than 32 names: left unchecked.
             p = rb  # compiled: a char pointer into the bytes (C loops below)
+            names = 0  # names hashed so far; -1: unchecked
+            prime = 1099511628211
+            host = ""
             pos = first_end + 1
             while pos < n:
                 le = pos
@@ -513,11 +523,29 @@ class MessageReader:
                 c = p[pos]
                 if c == 32 or c == 9:
                     headers = parse_fields(text[first_end + 1:])
+                    names = -1
                     break
                 k = pos
+                h = 1469598103934665603  # FNV-1a, 64 bits (C integers: the product wraps)
+                high = 0
                 while k < le and p[k] != 58:
+                    c = p[k]
+                    high |= c
+                    h = (h ^ (c | 32)) * prime
                     k += 1
                 if k < le:
+                    if names >= 0:
+                        j = 0
+                        while j < names and hashes[j] != h:  # noqa: F821 (a C array, http1_reader.pxd)
+                            j += 1
+                        if j < names or names == 32 or high >= 128:
+                            names = -1
+                        else:
+                            hashes[names] = h  # noqa: F821
+                            names += 1
+                            if k - pos == 4 and (p[pos] | 32) == 104 and (p[pos + 1] | 32) == 111 and \
+                                    (p[pos + 2] | 32) == 115 and (p[pos + 3] | 32) == 116:
+                                host = text[pos:k]
                     a = k + 1
                     while a < le and (p[a] == 32 or p[a] == 9 or p[a] == 13):
                         a += 1
@@ -526,6 +554,8 @@ class MessageReader:
                         end -= 1
                     headers.append((text[pos:k], text[a:end]))
                 pos = le + 1
+            if names >= 0:
+                host_name = host
         elif first_end < n:
             headers = parse_fields(text.partition("\n")[2])
         cl = None
@@ -558,7 +588,7 @@ class MessageReader:
                     return False
                 method, target, version = m.groups()
             self._is_req = True
-            self._msg = HttpRequest(method, target, version, headers, b"", False, 0, ts)
+            self._msg = HttpRequest(method, target, version, headers, b"", False, 0, ts, None, host_name)
             self._frame_body(body_framing(None, None, cl, chunked), cl)
             return True
         version, _, rest = first.partition(" ")
@@ -570,7 +600,7 @@ class MessageReader:
             if m is None:
                 return False
             version, status, reason = m[1], int(m[2]), m[3] or ""
-        self._msg = HttpResponse(version, status, reason.strip(" "), headers, b"", False, 0, ts)
+        self._msg = HttpResponse(version, status, reason.strip(" "), headers, b"", False, 0, ts, None, host_name)
         self._frame_body(body_framing(self._owner.method_for_response(), status, cl, chunked), cl)
         return True
 
@@ -666,6 +696,7 @@ class MessageReader:
         if "\r" in text:
             text = text.replace("\r\n", "\n")
         self._msg.headers.extend(parse_fields(text.rstrip("\r")))
+        self._msg.host_name = None  # trailers: names no longer checked
         self._complete()
         return end
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from akto_collector.events import FLAG_CUT, FLAG_TLS, RECV, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SEND, DataEvent
 from akto_collector.protocols.streams import ConnectionStream, CoreLimits
-from test_http_replay import CONN
+from test_http_replay import CONN, Wire
 
 TOKEN = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-!#$%&'*+.^_`|~", min_size=1, max_size=12)
 METHOD = st.one_of(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]), TOKEN)
@@ -140,3 +140,33 @@ def test_head_end_agrees_with_two_finds(data, start, as_bytearray):
     b = bytearray(data) if as_bytearray else data
     start = min(start, len(b))
     assert head_end(b, start, len(b)) == head_end_by_finds(b, start, len(b))
+
+
+# Field names as a parser may meet them: case variants of one another and of
+# Host, repeats, a byte beyond ASCII, characters that | 32 maps alike ("@" and "`").
+NAME = st.sampled_from(["Host", "host", "HOST", "hoSt", "Accept", "accept", "X-A", "x-a", "ETag", "Etag",
+                        "Set-Cookie", "set-cookie", "Cookie", "a@", "a`", "A[", "a{", "Caf\u00e9", "X-\u00c9",
+                        "Content-Type"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=st.lists(NAME, max_size=40), response=st.booleans(), trailer=st.booleans())
+def test_the_parsers_name_check_gives_the_header_map_case_folding_gives(names, response, trailer):
+    """What the HTTP/1 parser notes about a head's names (HttpRequest.host_name) only
+    saves the encoder its case-folding: the header map, its order included, is the same."""
+    from akto_collector.message import header_map
+
+    fields = b"".join(b"%s: v%d\r\n" % (n.encode("latin-1"), i) for i, n in enumerate(names))
+    tail = b"0\r\nX-T: t\r\n\r\n" if trailer else b"0\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\n" + fields + b"Transfer-Encoding: chunked\r\n\r\n" + tail
+    req = b"GET / HTTP/1.1\r\n" + fields + b"\r\n"
+    cs = ConnectionStream(CONN, CoreLimits(), Counter(), role_hint=ROLE_SERVER)
+    w = Wire()
+    (x,) = cs.on_event(w.call(RECV, req)) + cs.on_event(w.call(SEND, resp))
+    for msg in (x.request, x.response) if response else (x.request,):
+        checked = header_map(msg.headers, msg.host_name)
+        assert list(checked.items()) == list(header_map(msg.headers).items())
+        if msg.host_name is not None:
+            lows = [n.lower() for n, _ in msg.headers]
+            assert len(set(lows)) == len(lows)
+            assert msg.host_name == next((n for n, _ in msg.headers if n.lower() == "host"), "")
