@@ -106,14 +106,22 @@ def working_set(dirs: list[Path]) -> int | None:
     return None
 
 
-def holds_only(dirs: list[Path], pids: set[int]) -> bool:
+def holds_only(dirs: list[Path], pids: set[int], more=None) -> bool:
     """Whether the nearest cgroup holds no process but these: only then is
     its charge the collector's own (a pod's container, a systemd service),
-    not a host's or a shared slice's."""
+    not a host's or a shared slice's. ``more(others)``: whether the few
+    others found are ours too, asked only then (finding a process's
+    descendants reads the stat file of every process on the host)."""
     for d in dirs:
         try:
             procs = {int(x) for x in (d / "cgroup.procs").read_text().split()}
         except (OSError, ValueError):
             continue
-        return bool(procs) and procs <= pids
+        others = procs - pids
+        if others:
+            return len(others) <= _HELPERS and more is not None and more(frozenset(others))
+        return bool(procs)
     return False
+
+
+_HELPERS = 4  # more processes than ours than this: a shared cgroup, not ours plus a helper or two

@@ -136,7 +136,14 @@ class Probes:
             self.bpf.cleanup()
             raise ProbeError(f"reading the ring buffer: {exc}") from exc
         self._ignore = self.bpf["ignore_tgid"]
-        self._shed = self.bpf["shed_state"]
+        try:  # one u32 in a page of its own (BPF_F_MMAPABLE): read and written as memory
+            self._shed_map = mmap.mmap(self.bpf["shed_state"].map_fd, mmap.PAGESIZE, mmap.MAP_SHARED,
+                                       mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            self.ring.close()
+            self.bpf.cleanup()
+            raise ProbeError(f"mapping the shedding flag: {exc}") from exc
+        self._shed = memoryview(self._shed_map).cast("I")
         self._counters = self.bpf["counters"]
         self._tls_pids = self.bpf["tls_pids"] if opts.filter_tls_pids else None
 
@@ -159,10 +166,10 @@ class Probes:
     # -- control -----------------------------------------------------------
     def shedding(self) -> bool:
         """The kernel's shedding flag (common.h): set by us, or by the kernel when the ring refused a record."""
-        return bool(self._shed[ctypes.c_int(0)].value)
+        return bool(self._shed[0])
 
     def set_shedding(self, on: bool) -> None:
-        self._shed[ctypes.c_int(0)] = ctypes.c_uint32(int(on))
+        self._shed[0] = int(on)
 
     def ignore_pid(self, pid: int) -> None:
         self._ignore[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
@@ -267,6 +274,8 @@ class Probes:
     def close(self) -> None:
         """Detach everything: bcc closes the links and unloads the programs."""
         self.ring.close()  # its mappings hold the map open
+        self._shed.release()
+        self._shed_map.close()
         self.bpf.cleanup()
 
 

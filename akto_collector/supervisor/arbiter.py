@@ -52,6 +52,11 @@ from akto_collector.supervisor.uprobes import UprobeManager
 from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 
 DRAIN_INTERVAL_MS = 10
+# While the ring stays empty the wait doubles up to this: the loop's own
+# wake-ups were most of an idle supervisor's CPU. Data brings it back to
+# DRAIN_INTERVAL_MS at once; 40 ms of a burst still fits the ring (64 MB
+# holds 1.6 GB/s for that long) and an exec wakes the loop by itself.
+IDLE_DRAIN_INTERVAL_MS = 40
 HOUSEKEEPING_SECONDS = 1.0
 WORKER_STALL_SECONDS = 10.0  # ten missed reports: the worker is stuck
 WORKER_KILL_GRACE = 2.0  # after SIGTERM, before SIGKILL
@@ -111,6 +116,7 @@ class Arbiter:
         self.shedder = Shedder(settings.ring_buffer_mb << 20, always=env.get(SHED_HOOK) == "1")
         self.bpf_bytes = 0  # the BPF maps and programs, once loaded
         self.memory_dirs = cgroups.own_dirs("memory")
+        self._ours_seen: tuple[frozenset[int], bool] = (frozenset(), False)  # see _ours
         self.shed_since = 0.0
         self.cpu_dirs = cgroups.own_dirs("cpu")
         self.throttled = False
@@ -238,9 +244,11 @@ class Arbiter:
         next_housekeeping = now + HOUSEKEEPING_SECONDS
         next_uprobe_poll = now + s.uprobe_poll_interval
         probes, router, health = self.probes, self.router, self.health
+        interval = DRAIN_INTERVAL_MS
         while not self.stopping:
-            probes.wait(DRAIN_INTERVAL_MS)
+            probes.wait(interval)
             router.drain(probes)
+            interval = DRAIN_INTERVAL_MS if router.pending else min(2 * interval, IDLE_DRAIN_INTERVAL_MS)
             self.steer_shedding()
             router.flush(self.workers)
             health.last_loop = now = time.monotonic()
@@ -464,11 +472,15 @@ class Arbiter:
     def working_set(self) -> int | None:
         """The cgroup's working set, when the cgroup is the collector's own."""
         pids = {os.getpid()} | {w.pid for w in self.workers if w.process is not None}
-        try:
-            pids |= {c.pid for c in psutil.Process().children(recursive=True)}
-        except psutil.Error:
-            pass
-        return cgroups.working_set(self.memory_dirs) if cgroups.holds_only(self.memory_dirs, pids) else None
+        return cgroups.working_set(self.memory_dirs) if cgroups.holds_only(self.memory_dirs, pids, self._ours) \
+            else None
+
+    def _ours(self, others: frozenset[int]) -> bool:
+        """Whether these processes are the supervisor's descendants (multiprocessing's
+        resource tracker): looked up once per set, since that reads every process's stat."""
+        if others != self._ours_seen[0]:
+            self._ours_seen = (others, others <= _descendants())
+        return self._ours_seen[1]
 
     def guard_memory(self) -> None:
         # What the collector holds: its processes' private memory and the BPF
@@ -613,3 +625,11 @@ class Arbiter:
         except Exception as exc:  # noqa: BLE001 (a heartbeat must never take the collector down)
             self.counters["heartbeat.failed"] += 1
             self.log.warning("heartbeat_failed", error=str(exc))
+
+
+def _descendants() -> set[int]:
+    """The supervisor's other descendants (a compiler's, multiprocessing's helpers)."""
+    try:
+        return {c.pid for c in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()

@@ -91,3 +91,22 @@ def test_the_test_hook_sheds_always_in_one_episode():
     s = Shedder(64 * MB, always=True)
     assert s.decide(0, kernel_on=False) == "always" and s.decide(0, kernel_on=True) == "always"
     assert s.decide(40 * MB, kernel_on=True) == "ring_buffer" and s.episodes == 1
+
+
+def test_the_cgroup_is_ours_when_it_holds_only_our_processes_and_a_helper_or_two(tmp_path):
+    asked = []
+
+    def more(others):
+        asked.append(others)
+        return others == {3}
+
+    (tmp_path / "cgroup.procs").write_text("1\n2\n")
+    assert cgroups.holds_only([tmp_path], {1, 2}, more) and not asked  # ours alone: no look beyond
+    (tmp_path / "cgroup.procs").write_text("1\n2\n3\n")
+    assert cgroups.holds_only([tmp_path], {1, 2}, more) and asked == [{3}]  # a helper of ours
+    (tmp_path / "cgroup.procs").write_text("1\n4\n")
+    assert not cgroups.holds_only([tmp_path], {1, 2}, more)
+    (tmp_path / "cgroup.procs").write_text("\n".join(map(str, range(1, 50))))
+    assert not cgroups.holds_only([tmp_path], {1, 2}, more) and len(asked) == 2  # a host's: not asked
+    (tmp_path / "cgroup.procs").write_text("")
+    assert not cgroups.holds_only([tmp_path], {1, 2}, more)
