@@ -94,39 +94,40 @@ class RingReader:
 
         Returns how many records were consumed (discarded ones included).
         """
-        cons_view = self._cons
         data = self._data
-        u32 = self._u32
-        u16 = self._u16
         mask = self._mask
         base = self._page
         head_size = self._head
         used_at = self._used_at + 8
         append = out.append
-        cons = cons_view[0]
+        cons = self._cons[0]
         prod = self._prod[0]
         n = 0
         while cons < prod:
             off = base + (cons & mask)
-            word = u32[off >> 2]
+            word = self._u32[off >> 2]
             if word & _BUSY:
                 break
             length = word & _LEN_MASK
             if not word & _DISCARD:
                 start = off + 8
-                used = head_size + u16[(off + used_at) >> 1]
+                used = head_size + self._u16[(off + used_at) >> 1]
                 append(data[start:start + (used if used < length else length)])
             cons += (length + 15) & ~7  # header + data, padded to 8
             n += 1
             if n % _PUBLISH_EVERY == 0:
-                cons_view[0] = cons
+                self._cons[0] = cons
         if n:
-            cons_view[0] = cons
+            self._cons[0] = cons
         return n
 
     def close(self) -> None:
         self._epoll.close()
-        for view in (self._cons, self._prod, self._u32, self._u16):
-            view.release()
+        # Dropping the views releases the mappings (compiled, they are typed
+        # memoryviews, which have no release()); the mappings close then.
+        self._cons = None
+        self._prod = None
+        self._u32 = None
+        self._u16 = None
         self._consumer.close()
         self._data.close()

@@ -54,10 +54,11 @@ class Router:
         batches = self.batches
         n = len(batches)
         tags = self.tags
+        at, data, exec_, exit_ = KIND_OFFSET, KIND_DATA, KIND_EXEC, KIND_EXIT  # compiled: C ints
         for raw in records:
-            kind = raw[KIND_OFFSET]
-            if kind < KIND_EXEC:
-                if kind != KIND_DATA and tags is not None:
+            kind = raw[at]
+            if kind < exec_:
+                if kind != data and tags is not None:
                     pid = int.from_bytes(raw[TGID], "little")
                     if pid not in tags.known:
                         record = tags.lookup(pid)
@@ -65,9 +66,9 @@ class Router:
                             for c in self.control:
                                 c.append(record)
                 batches[hash(raw[TGID_FD]) % n].append(raw)
-            elif kind == KIND_EXEC:
+            elif kind == exec_:
                 self.execs.append(int.from_bytes(raw[TGID], "little"))
-            elif kind == KIND_EXIT:
+            elif kind == exit_:
                 for b in batches:
                     b.append(raw)
                 self.exits.append(int.from_bytes(raw[TGID], "little"))

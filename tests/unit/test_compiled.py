@@ -23,7 +23,7 @@ def _pxd_classes(path: Path) -> dict[str, tuple[set[str], set[str]]]:
         if m:
             current = out.setdefault(m[1], (set(), set()))
             continue
-        m = re.match(r"\s+cdef public \w+ (.+)", line)
+        m = re.match(r"\s+cdef (?:public )?(?:const )?[\w ]+?(?:\[:\])? (\w+(?:, \w+)*)$", line)
         if m and current is not None:
             current[0].update(f.strip() for f in m[1].split(","))
         m = re.match(r"\s+cpdef (\w+)\(", line)
