@@ -3,7 +3,9 @@ figure this shared, noisy host cannot move (timings here swing by ±30%
 between runs; instruction counts by well under 1%).
 
 Runs bench_worker.py (or bench_supervisor.py) under cachegrind at two sizes and divides the
-difference by the pairs between them, so start-up and imports cancel out.
+difference by the pairs between them, so start-up and imports cancel out;
+for the worker, less the same for its --setup-only run (the bench making
+the records, interpreted Python that is no part of the worker).
 Given other trees (checkouts or worktrees of other commits, built in place),
 measures each the same way and prints the ratios to the first.
 
@@ -28,11 +30,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 
-def instructions(tree: Path, pairs: int, traffic: str, bench: str) -> int:
+def instructions(tree: Path, pairs: int, traffic: str, bench: str, setup_only: bool = False) -> int:
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
            sys.executable, str(tree / "bench" / f"bench_{bench}.py"), "--pairs", str(pairs)]
     if traffic != "api" and bench == "worker":  # the default, and all bench_worker.py knew before --traffic
         cmd += ["--traffic", traffic]
+    if setup_only:
+        cmd.append("--setup-only")
     env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts in every run
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
     m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
@@ -58,6 +62,9 @@ def main() -> None:
     for tree in trees:
         per_pair = (instructions(tree, large, args.traffic, args.bench) -
                     instructions(tree, small, args.traffic, args.bench)) / (large - small)
+        if args.bench == "worker":  # less the bench's own making of the records (interpreted, per pair)
+            per_pair -= (instructions(tree, large, args.traffic, args.bench, True) -
+                         instructions(tree, small, args.traffic, args.bench, True)) / (large - small)
         figures.append(per_pair)
         ratio = "" if tree == HERE else f"; this tree needs {figures[0] / per_pair:.3f}x of that"
         print(f"{tree}: {per_pair:,.0f} instructions per pair{ratio}")

@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=100_000)
     ap.add_argument("--traffic", choices=("api", "nginx"), default="api",
                     help="api: a JSON POST and its answer; nginx: bench_e2e's GET and nginx's answer")
+    ap.add_argument("--setup-only", action="store_true",
+                    help="build the records and stop (bench_instructions.py subtracts what that costs)")
     args = ap.parse_args()
     req, resp = (REQ, RESP) if args.traffic == "api" else (NGINX_REQ, NGINX_RESP)
     settings = Settings.from_env({"AKTO_WORKERS": "1"})
@@ -64,6 +66,8 @@ def main() -> None:
             batch = []
     if batch:
         batches.append(b"".join(batch))
+    if args.setup_only:
+        return
     worker.metas  # warm: connection metadata resolved once per connection below
     t0 = time.process_time()
     for blob in batches:
