@@ -9,11 +9,14 @@ without decoding them; workers decode.
 import struct
 
 # ts, gen, call_pos, tgid, fd, total, offset, len, kind, flags, dir, role, proto, pad
-RECORD = struct.Struct("<QQQIIIIHBBBBBB")
+_FIELDS = "QQQIIIIHBBBBBB"
+RECORD = struct.Struct("<" + _FIELDS)
 HDR_SIZE = RECORD.size
 assert HDR_SIZE == 48
-LEN_OFFSET = 40
-KIND_OFFSET = 42
+# Each field's byte offset, from the format: the supervisor reads the length
+# and kind in place, and so does a compiled worker every field.
+(TS_AT, GEN_AT, POS_AT, TGID_AT, FD_AT, TOTAL_AT, OFFSET_AT, LEN_OFFSET, KIND_OFFSET, FLAGS_AT, DIR_AT, ROLE_AT,
+ PROTO_AT, _PAD_AT) = (struct.calcsize("<" + _FIELDS[:i]) for i in range(len(_FIELDS)))
 TGID_FD = slice(24, 32)
 TGID = slice(24, 28)
 
