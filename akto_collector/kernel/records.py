@@ -17,8 +17,8 @@ assert HDR_SIZE == 48
 # and kind in place, and so does a compiled worker every field.
 (TS_AT, GEN_AT, POS_AT, TGID_AT, FD_AT, TOTAL_AT, OFFSET_AT, LEN_OFFSET, KIND_OFFSET, FLAGS_AT, DIR_AT, ROLE_AT,
  PROTO_AT, _PAD_AT) = (struct.calcsize("<" + _FIELDS[:i]) for i in range(len(_FIELDS)))
-TGID_FD = slice(24, 32)
-TGID = slice(24, 28)
+TGID_FD = slice(TGID_AT, TOTAL_AT)  # tgid and fd: a connection's shard
+TGID = slice(TGID_AT, FD_AT)
 
 KIND_DATA, KIND_OPEN, KIND_ADDR, KIND_CLOSE, KIND_EXEC, KIND_EXIT = 1, 2, 3, 4, 5, 6
 
