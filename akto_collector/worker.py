@@ -165,6 +165,9 @@ class Worker:
         total_at, offset_at, len_at = TOTAL_AT, OFFSET_AT, LEN_OFFSET
         kind_at, flags_at, dir_at, role_at, proto_at = KIND_OFFSET, FLAGS_AT, DIR_AT, ROLE_AT, PROTO_AT
         while off < end:
+            if off + HDR_SIZE > end:  # a short record at the end: never read past the blob (C loads below)
+                counters["worker.dropped.truncated_record"] += 1
+                break
             if COMPILED:
                 h = p + off
                 ts_ns = cython.cast(cython.p_ulonglong, h + ts_at)[0]

@@ -81,3 +81,11 @@ def test_a_new_connection_on_the_reused_fd_is_its_own(tmp_path):
     w.finish_closed(float("inf"))
     statuses = sorted(p["statusCode"] for p in emitted(w, tmp_path))
     assert statuses == ["200", "204"]
+
+
+def test_a_short_record_at_the_end_of_a_batch_is_counted_not_read_past(tmp_path):
+    w = worker(tmp_path, grace=0.0)
+    whole = record(KIND_DATA, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", direction=1)
+    w.handle_batch(whole + whole[:20])
+    assert w.counters["worker.dropped.truncated_record"] == 1
+    assert w.counters["worker.records"] == 1
