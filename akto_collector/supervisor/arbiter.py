@@ -51,12 +51,29 @@ from akto_collector.supervisor.shedding import Shedder
 from akto_collector.supervisor.uprobes import UprobeManager
 from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 
+# The drain's wait, paced by the traffic: long enough for the ring to gather
+# about DRAIN_BATCH_BYTES at the rate of the last wait, between these bounds.
+# Each wake-up costs the collector's processes (the loop, a sender thread and
+# a worker per batch) a fixed part with cold caches: at 2k pairs/s a 10 ms
+# pace cost ~85 us of collector CPU per pair, 40 ms ~55 (bench/bench_tax.py).
+# Heavy traffic still drains every DRAIN_INTERVAL_MS; an empty ring waits the
+# longest. 40 ms of a burst still fits the ring (64 MB holds 1.6 GB/s for that
+# long) and an exec wakes the loop by itself.
 DRAIN_INTERVAL_MS = 10
-# While the ring stays empty the wait doubles up to this: the loop's own
-# wake-ups were most of an idle supervisor's CPU. Data brings it back to
-# DRAIN_INTERVAL_MS at once; 40 ms of a burst still fits the ring (64 MB
-# holds 1.6 GB/s for that long) and an exec wakes the loop by itself.
 IDLE_DRAIN_INTERVAL_MS = 40
+DRAIN_BATCH_BYTES = 256 << 10
+
+
+def drain_wait(pending: int, elapsed: float, ring_size: int) -> int:
+    """The next wait in ms, after a drain that found ``pending`` bytes gathered
+    in ``elapsed`` seconds: the time the ring takes to gather a batch at that
+    rate (never more than an eighth of the ring), within the bounds above."""
+    if pending <= 0:
+        return IDLE_DRAIN_INTERVAL_MS
+    ms = 1000.0 * elapsed * min(DRAIN_BATCH_BYTES, ring_size >> 3) / pending
+    return DRAIN_INTERVAL_MS if ms <= DRAIN_INTERVAL_MS else min(int(ms), IDLE_DRAIN_INTERVAL_MS)
+
+
 HOUSEKEEPING_SECONDS = 1.0
 WORKER_STALL_SECONDS = 10.0  # ten missed reports: the worker is stuck
 WORKER_KILL_GRACE = 2.0  # after SIGTERM, before SIGKILL
@@ -244,14 +261,16 @@ class Arbiter:
         next_housekeeping = now + HOUSEKEEPING_SECONDS
         next_uprobe_poll = now + s.uprobe_poll_interval
         probes, router, health = self.probes, self.router, self.health
+        ring_size = self.shedder.ring_size
         interval = DRAIN_INTERVAL_MS
         while not self.stopping:
             probes.wait(interval)
             router.drain(probes)
-            interval = DRAIN_INTERVAL_MS if router.pending else min(2 * interval, IDLE_DRAIN_INTERVAL_MS)
+            drained = time.monotonic()
+            interval = drain_wait(router.pending, drained - now, ring_size)
             self.steer_shedding()
             router.flush(self.workers)
-            health.last_loop = now = time.monotonic()
+            health.last_loop = now = drained
             if self.signals:
                 self.dispatch_signal(self.signals.popleft())
             execs = router.execs

@@ -217,3 +217,14 @@ def test_counters_and_restarts_cross_the_exec():
     b = make(**env)
     assert b.totals()["pairs"] == 10 and b.restarts["memory"] == 1
     assert isinstance(b.retired, Counter)
+
+
+def test_the_drain_waits_for_a_batch_at_the_rate_just_seen_within_its_bounds():
+    wait, ring = arbiter_mod.drain_wait, 64 << 20
+    lo, hi, batch = arbiter_mod.DRAIN_INTERVAL_MS, arbiter_mod.IDLE_DRAIN_INTERVAL_MS, arbiter_mod.DRAIN_BATCH_BYTES
+    assert wait(0, 0.01, ring) == hi  # an empty ring: the longest wait
+    assert wait(batch // 2, 0.01, ring) == 20  # half a batch in 10 ms: wait 20 ms for a whole one
+    assert wait(batch, 0.001, ring) == lo  # heavy traffic: the shortest
+    assert wait(1, 0.01, ring) == hi  # a trickle: the longest
+    # A small ring: a batch is an eighth of it, so the pace quickens with the ring.
+    assert wait(32 << 10, 0.005, 1 << 20) == 20 and wait(32 << 10, 0.005, ring) == hi
