@@ -268,7 +268,15 @@ static __always_inline int on_socket_call(void *ctx, struct sc_args_t *ap, long 
     date_call(&h, a.start);
     h.total = ret;
     h.call_pos = __sync_fetch_and_add(&c->pos[a.dir & 1], ret);
-    if (a.kind == SC_BUF)
+    if (a.kind == SC_BUF && ret <= CHUNK_L && !(h.proto == PROTO_HTTP2 && shedding())) {
+        /* One buffer that fits one piece (a request read, most writes): sent
+         * from here. The copying program would cost a tail call, its job
+         * written to a map and read back, and its code brought into the
+         * cache on every such call; at a few thousand calls a second those
+         * misses are most of a call's time. */
+        if (emit_piece(&h, first, ret) < 0)
+            emit_cut(&h, 0);
+    } else if (a.kind == SC_BUF)
         emit_call(ctx, EMIT_TRACEPOINT, &h, first, 0, 0, ret);
     else
         emit_call(ctx, EMIT_TRACEPOINT, &h, 0, (const struct iovec *)vec, vlen, ret);
