@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import psutil
+from akto_collector.procfs import private_resident
 
 BACKOFF_FIRST = 10.0  # seconds before a restart that follows another within QUIET
 BACKOFF_FACTOR = 3.0
@@ -52,10 +52,9 @@ def private_memory(pids: Iterable[int]) -> dict[int, int]:
     out = {}
     for pid in pids:
         try:
-            info = psutil.Process(pid).memory_info()
-        except (psutil.Error, OSError):
+            out[pid] = private_resident("/proc", pid)
+        except (OSError, ValueError, IndexError):
             continue
-        out[pid] = info.rss - info.shared  # shared: resident file-backed and shmem pages
     return out
 
 
