@@ -135,6 +135,7 @@ class Arbiter:
         self.memory_dirs = cgroups.own_dirs("memory")
         self._ours_seen: tuple[frozenset[int], bool] = (frozenset(), False)  # see _ours
         self.shed_since = 0.0
+        self.detached_at: float | None = None  # when shutdown detached the programs (crosses a restart)
         self.cpu_dirs = cgroups.own_dirs("cpu")
         self.throttled = False
         self.throttled_at: int | None = None
@@ -167,6 +168,7 @@ class Arbiter:
                 self.log.warning("compiled_core_stale", detail="compiled modules built from other source than theirs "
                                  "run old code; rebuild with make setup or pip install .", modules=status)
             self.health.started = True
+            self.count_restart_gap(time.time())
             self.log.info("ready", workers=[w.pid for w in self.workers], pid=os.getpid(),
                           core=compiled.summary(status), metrics=self.server.address if self.server else "")
             self.notifier.ready(self.status_line())
@@ -358,6 +360,7 @@ class Arbiter:
             self.router.drain(self.probes)
             self.router.flush(self.workers)
             kernel = self.probes.counters()
+            self.detached_at = time.time()
             self.probes.close()
             self.probes = None
             self.counters.update(kernel)
@@ -561,7 +564,20 @@ class Arbiter:
         self.state.restarts = dict(self.restarts)
         self.state.memory = self.guard.state()
         self.state.counters = dict(totals)
+        self.state.detached = self.detached_at
         return dict(env, **{STATE_VAR: self.state.encode()})
+
+    def count_restart_gap(self, now: float) -> None:
+        """After an in-place restart, once every probe is attached again: the
+        time nothing was captured, from the previous image's detach to now
+        (compiling the programs takes most of it), counted and logged."""
+        if self.state.detached is not None:
+            gap = max(0.0, now - self.state.detached)
+            self.state.detached = None
+            self.counters["supervisor.dropped.restart_gap_ms"] += round(gap * 1000)
+            self.log.warning("restart_gap", seconds=round(gap, 2), restarts=dict(self.restarts),
+                             detail="nothing was captured between the previous image's detach and this "
+                                    "one's attach")
 
     # -- tags ---------------------------------------------------------------------------------
 

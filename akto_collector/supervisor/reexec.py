@@ -11,7 +11,9 @@ JSON object), read by the next image at start:
 - ``file_vars``: the variables ``AKTO_ENV_FILE`` set over the starting
   environment, with the value each had before (None: it was unset), so that
   a reload reads the file again over the *starting* environment;
-- ``started``: when the first image started.
+- ``started``: when the first image started;
+- ``detached``: when the image before this one detached its programs (wall
+  clock), so that this one counts how long nothing was captured.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from akto_collector.config import STATE_VARIABLE as STATE_VAR
 
 
 class ExecState:
-    __slots__ = ("restarts", "memory", "counters", "file_vars", "started")
+    __slots__ = ("restarts", "memory", "counters", "file_vars", "started", "detached")
 
-    def __init__(self, restarts=None, memory=None, counters=None, file_vars=None, started=None) -> None:
+    def __init__(self, restarts=None, memory=None, counters=None, file_vars=None, started=None,
+                 detached=None) -> None:
         self.restarts: dict[str, int] = dict(restarts or {})
         self.memory: dict = dict(memory or {})
         self.counters: dict[str, int] = dict(counters or {})
         self.file_vars: dict[str, str | None] = dict(file_vars or {})
         self.started: float = time.time() if started is None else float(started)
+        self.detached: float | None = None if detached is None else float(detached)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ExecState:
@@ -44,13 +48,14 @@ class ExecState:
         try:
             doc = orjson.loads(raw)
             return cls(doc.get("restarts"), doc.get("memory"), doc.get("counters"), doc.get("file_vars"),
-                       doc.get("started"))
+                       doc.get("started"), doc.get("detached"))
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             return cls()  # a state we cannot read: start afresh rather than not at all
 
     def encode(self) -> str:
         return orjson.dumps({"restarts": self.restarts, "memory": self.memory, "counters": self.counters,
-                             "file_vars": self.file_vars, "started": self.started}).decode()
+                             "file_vars": self.file_vars, "started": self.started,
+                             "detached": self.detached}).decode()
 
 
 def starting_environment(env: Mapping[str, str], state: ExecState) -> dict[str, str]:

@@ -190,6 +190,8 @@ def test_sighup_reloads_a_valid_env_file_and_refuses_a_bad_one(start_collector, 
     assert c.proc.pid == pid and c.proc.poll() is None  # the same process, exec'ed afresh
     starting = [r for r in c.logs() if r.get("event") == "starting"][-1]
     assert starting["settings"]["ignore_ip_traffic"] is True and starting["restarts"] == {"reload": 1}
+    gap = c.wait_log("restart_gap", timeout=5)  # the seconds without probes, from detach to ready, counted
+    assert gap["seconds"] > 0 and gap["restarts"] == {"reload": 1}
     curl(app.port, "/after-reload-ip")  # Host is an IP literal: now ignored
     time.sleep(2)
     assert not [p for p in c.read_pairs() if p["path"] == "/after-reload-ip"]

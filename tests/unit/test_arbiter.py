@@ -228,3 +228,17 @@ def test_the_drain_waits_for_a_batch_at_the_rate_just_seen_within_its_bounds():
     assert wait(1, 0.01, ring) == hi  # a trickle: the longest
     # A small ring: a batch is an eighth of it, so the pace quickens with the ring.
     assert wait(32 << 10, 0.005, 1 << 20) == 20 and wait(32 << 10, 0.005, ring) == hi
+
+
+def test_the_time_a_restart_captured_nothing_is_counted_by_the_next_image():
+    a = make()
+    a.request_restart("memory", {"PATH": "/bin"})
+    a.detached_at = 1000.0  # as shutdown sets it, detaching the programs
+    b = make(**a.restart_env())
+    b.count_restart_gap(1012.5)  # ready again 12.5 s later
+    assert b.totals()["supervisor.dropped.restart_gap_ms"] == 12500
+    b.count_restart_gap(1020.0)  # counted once
+    assert b.totals()["supervisor.dropped.restart_gap_ms"] == 12500
+    c = make()  # a first start: nothing was captured before it either, but nothing was lost by a restart
+    c.count_restart_gap(1.0)
+    assert "supervisor.dropped.restart_gap_ms" not in c.totals()
