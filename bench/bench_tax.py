@@ -10,9 +10,9 @@ syscall fallback (AKTO_SOCK_TRACEPOINTS=off), alternated over rounds.
     .venv/bin/python bench/bench_tax.py [--rounds 6] [--seconds 4] [--tls]
 
 nginx's CPU moves by ±20% between rounds on a shared host, more than the
-collector's tax, so each round is paired with the round without the
-collector that ran just before it: the figure is the median of those
-per-round ratios (their range beside it), and the best round's too.
+collector's tax, so each run with the collector is paired with the same
+round's run without it (the round's first): the figure is the median of
+those per-round ratios (their range beside it), and the best round's too.
 """
 
 from __future__ import annotations

@@ -644,7 +644,8 @@ static __always_inline void emit_cut(struct ev_hdr *h, u32 offset) {
 }
 
 /* A call's bytes are copied by a program of their own, reached by a tail
- * call: the verifier then checks its loop once, from one state (its inputs
+ * call (but for a socket call with one buffer that fits one piece, which
+ * socket_trace.c sends itself: one emit_piece, no loop): the verifier then checks its loop once, from one state (its inputs
  * come from a map: nothing it knows), instead of once per state the caller
  * arrives with (the classification of the first bytes leaves dozens, and the
  * loop's cost multiplied by them passed the verifier's limit). The caller

@@ -1,7 +1,7 @@
 """The arbiter: owns the probes, keeps the workers alive, runs the loop.
 
-Like gunicorn's arbiter it never parses traffic. Its loop waits up to 10 ms
-for the ring buffer, lets the router drain it and hand the batches to the
+Like gunicorn's arbiter it never parses traffic. Its loop waits 10-40 ms for
+the ring buffer (paced by the traffic, ``drain_wait``), lets the router drain it and hand the batches to the
 workers, then does the periodic work: reap, stop and replace workers, the
 memory guard, kernel table clean-up, stats, heartbeats, the health snapshot
 and systemd's watchdog. Signal handlers only enqueue; the loop dispatches.
@@ -265,14 +265,16 @@ class Arbiter:
         probes, router, health = self.probes, self.router, self.health
         ring_size = self.shedder.ring_size
         interval = DRAIN_INTERVAL_MS
+        drained = now  # when the last drain began: what the next one finds pending gathered since
         while not self.stopping:
             probes.wait(interval)
+            began = time.monotonic()
             router.drain(probes)
-            drained = time.monotonic()
-            interval = drain_wait(router.pending, drained - now, ring_size)
+            interval = drain_wait(router.pending, began - drained, ring_size)
+            drained = began
             self.steer_shedding()
             router.flush(self.workers)
-            health.last_loop = now = drained
+            health.last_loop = now = time.monotonic()
             if self.signals:
                 self.dispatch_signal(self.signals.popleft())
             execs = router.execs
@@ -564,7 +566,7 @@ class Arbiter:
         self.state.restarts = dict(self.restarts)
         self.state.memory = self.guard.state()
         self.state.counters = dict(totals)
-        self.state.detached = self.detached_at
+        self.state.detached = self.detached_at if self.detached_at is not None else time.time()
         return dict(env, **{STATE_VAR: self.state.encode()})
 
     def count_restart_gap(self, now: float) -> None:
@@ -614,7 +616,7 @@ class Arbiter:
     def status_line(self) -> str:
         total = self.totals()
         return (f"pairs {total.get('pairs', 0)}, records {total.get('worker.records', 0)}, "
-                f"dropped {sum(stats.drops(total).values())}, uprobes {self.attached()}")
+                f"dropped {stats.dropped_items(total)}, uprobes {self.attached()}")
 
     def attached(self) -> int:
         return self.uprobes.attached if self.uprobes is not None else 0

@@ -31,6 +31,12 @@ def drops(total: Counter) -> dict[str, int]:
     return {k: v for k, v in total.items() if "dropped" in k and v}
 
 
+def dropped_items(total: Counter) -> int:
+    """The drops that count things (records, requests, calls, connections),
+    for the one-figure status line: those in bytes or milliseconds would swamp them."""
+    return sum(v for k, v in drops(total).items() if not k.endswith(("_bytes", "_ms")))
+
+
 def worker_fields(workers) -> list[dict]:
     return [{"worker": w.index, "pid": w.pid, "connections": w.last_report.get("connections", 0),
              "buffered": w.last_report.get("buffered", 0), "queue": w.queue.qsize(),

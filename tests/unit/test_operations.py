@@ -26,6 +26,7 @@ from akto_collector.supervisor.memory import (
 )
 from akto_collector.supervisor.metrics import Snapshot
 from akto_collector.supervisor.notify import Notifier
+from akto_collector.supervisor.stats import dropped_items
 
 MB = 1 << 20
 
@@ -175,3 +176,11 @@ def test_the_buffer_budget_fits_under_the_memory_threshold_next_to_the_collector
     assert buffer_budget(600 * MB, 1 * MB, 70 * MB, 2) == MIN_BUFFER_BUDGET
     # Never more than configured.
     assert buffer_budget(1 * MB, 1 * MB, 70 * MB, 2) == 1 * MB
+
+
+def test_the_status_lines_drop_figure_counts_things_not_bytes_or_milliseconds():
+    from collections import Counter
+
+    total = Counter({"queue.dropped_records": 3, "kernel.dropped.shed_requests": 2, "kernel.dropped.shed_bytes": 9000,
+                     "supervisor.dropped.restart_gap_ms": 12500, "pairs": 40})
+    assert dropped_items(total) == 5
