@@ -9,6 +9,7 @@ its socket inode in the process's own network namespace.
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import os
 
 from akto_collector.addresses import join_host_port
@@ -84,9 +85,6 @@ def _endpoint(field: bytes, v6: bool) -> str:
 
 
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
 def private_resident(proc_root: str, pid: int) -> int:
     """Resident bytes of the process that are neither file-backed nor shmem
     (/proc/PID/statm: resident less shared, as psutil's ``rss - shared``, read
@@ -94,7 +92,7 @@ def private_resident(proc_root: str, pid: int) -> int:
     one cost more than the read); raises OSError when it is gone."""
     with open(f"{proc_root}/{pid}/statm", "rb") as f:
         fields = f.read().split()
-    return (int(fields[1]) - int(fields[2])) * _PAGE
+    return (int(fields[1]) - int(fields[2])) * mmap.PAGESIZE
 
 
 def bpf_memory(proc_root: str, pid: int) -> int:

@@ -7,7 +7,11 @@ syscall fallback (AKTO_SOCK_TRACEPOINTS=off), alternated over rounds.
 - nginx at fixed rates (2k and 10k requests/s offered by wrk, 1.5 KB JSON):
   nginx's CPU per request, and p50/p99 latency.
 
-    .venv/bin/python bench/bench_tax.py [--rounds 6] [--seconds 4] [--tls]
+    .venv/bin/python bench/bench_tax.py [--rounds 6] [--seconds 4] [--tls] [--tree DIR ...]
+
+Beside nginx's figures, the collector's own CPU per pair at each rate.
+``--tree DIR``: also the sock path run from another checkout (its compiled
+modules built in place), alternated in the same rounds.
 
 nginx's CPU moves by ±20% between rounds on a shared host, more than the
 collector's tax, so each run with the collector is paired with the same
@@ -60,11 +64,11 @@ def wrk_fixed(url: str, rate: int, seconds: int, connections: int = 20) -> tuple
     return total, pct("50"), pct("99")
 
 
-def start_collector(tmp: Path, setting: str, tls: bool) -> subprocess.Popen:
+def start_collector(tmp: Path, setting: str, tls: bool, cwd: Path = REPO) -> subprocess.Popen:
     log = tmp / f"collector-{setting}.log"
     env = dict(os.environ, TRAFFIC_DISABLE_EGRESS="true", AKTO_SOCK_TRACEPOINTS=setting, AKTO_METRICS_ADDR="",
                CAPTURE_ALL="false" if tls else "true")
-    proc = subprocess.Popen([sys.executable, "-m", "akto_collector", "run", "--output", os.devnull], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "akto_collector", "run", "--output", os.devnull], cwd=cwd,
                             env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     deadline = time.monotonic() + 120
     while b'"ready"' not in log.read_bytes():
@@ -81,7 +85,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--rates", default="2000,10000")
+    ap.add_argument("--tree", action="append", default=[], help="another checkout's collector, beside this one's")
     args = ap.parse_args()
+    modes = [(mode, setting, REPO) for mode, setting in MODES] + \
+        [(f"sock@{Path(t).name}", "auto", Path(t).resolve()) for t in args.tree]
     if not shutil.which("wrk"):
         sys.exit("wrk missing: make test-deps installs it")
     rates = [int(r) for r in args.rates.split(",")]
@@ -93,15 +100,18 @@ def main() -> None:
     results: dict[tuple[str, str], list] = {}
     try:
         for _ in range(args.rounds):
-            for mode, setting in MODES:
-                col = start_collector(tmp, setting, args.tls) if setting else None
+            for mode, setting, cwd in modes:
+                col = start_collector(tmp, setting, args.tls, cwd) if setting else None
+                collector = tree(col.pid) if col is not None else []
                 try:
                     results.setdefault((mode, "dd"), []).append(dd_ns_per_call())
                     for rate in rates:
-                        before = cpu_seconds(server)
+                        before, col_before = cpu_seconds(server), cpu_seconds(collector)
                         total, p50, p99 = wrk_fixed(url, rate, args.seconds)
                         per_req = (cpu_seconds(server) - before) / total * 1e6
-                        results.setdefault((mode, rate), []).append((per_req, p50, p99, total / args.seconds))
+                        col_per_pair = (cpu_seconds(collector) - col_before) / total * 1e6
+                        results.setdefault((mode, rate), []).append((per_req, p50, p99, total / args.seconds,
+                                                                     col_per_pair))
                 finally:
                     if col is not None:
                         col.terminate()
@@ -114,22 +124,24 @@ def main() -> None:
     print(f"== the node's tax, {args.rounds} rounds alternated, {os.cpu_count()} cores shared"
           f" ({'TLS' if args.tls else 'plaintext'})")
     base = min(results[("none", "dd")])
-    for mode, _ in MODES:
+    for mode, _, _ in modes:
         ns = min(results[(mode, "dd")])
         print(f"  {mode:<8} non-socket read/write (dd bs=64): {ns:6.0f} ns per call"
               + ("" if mode == "none" else f"  (+{ns - base:.0f} ns, {ns / base:.2f}x)"))
     for rate in rates:
         base_rounds = results[("none", rate)]
         b = min(base_rounds)
-        for mode, _ in MODES:
-            per_req, p50, p99, served = min(results[(mode, rate)])
+        for mode, _, _ in modes:
+            per_req, p50, p99, served, _ = min(results[(mode, rate)])
             line = (f"  {mode:<8} nginx at {rate:>6}/s offered ({served:,.0f}/s served): {per_req:5.1f} us CPU per "
                     f"request, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
             if mode != "none":
                 ratios = sorted(r[0] / n[0] for r, n in zip(results[(mode, rate)], base_rounds))
                 p99s = sorted(r[2] / n[2] for r, n in zip(results[(mode, rate)], base_rounds))
+                pairs = statistics.median(r[4] for r in results[(mode, rate)])
                 line += (f"  (CPU {statistics.median(ratios):.2f}x median of rounds, {ratios[0]:.2f}-{ratios[-1]:.2f};"
-                         f" best rounds {per_req / b[0]:.2f}x; p99 {statistics.median(p99s):.2f}x)")
+                         f" best rounds {per_req / b[0]:.2f}x; p99 {statistics.median(p99s):.2f}x;"
+                         f" the collector {pairs:.1f} us CPU per pair, median)")
             print(line)
 
 

@@ -1,8 +1,8 @@
 """The arbiter: owns the probes, keeps the workers alive, runs the loop.
 
 Like gunicorn's arbiter it never parses traffic. Its loop waits 10-40 ms for
-the ring buffer (paced by the traffic, ``drain_wait``), lets the router drain it and hand the batches to the
-workers, then does the periodic work: reap, stop and replace workers, the
+the ring buffer (paced by the traffic, ``drain_wait``), lets the router drain
+it and hand the batches to the workers, then does the periodic work: reap, stop and replace workers, the
 memory guard, kernel table clean-up, stats, heartbeats, the health snapshot
 and systemd's watchdog. Signal handlers only enqueue; the loop dispatches.
 Exit codes are ``exits``'s. A memory restart or a reload ends the loop, shuts
@@ -55,7 +55,7 @@ from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 # about DRAIN_BATCH_BYTES at the rate of the last wait, between these bounds.
 # Each wake-up costs the collector's processes (the loop, a sender thread and
 # a worker per batch) a fixed part with cold caches: at 2k pairs/s a 10 ms
-# pace cost ~85 us of collector CPU per pair, 40 ms ~55 (bench/bench_tax.py).
+# pace cost ~85 us of collector CPU per pair, 40 ms ~55 (docs/BENCHMARKS.md).
 # Heavy traffic still drains every DRAIN_INTERVAL_MS; an empty ring waits the
 # longest. 40 ms of a burst still fits the ring (64 MB holds 1.6 GB/s for that
 # long) and an exec wakes the loop by itself.
