@@ -1,6 +1,6 @@
 """The arbiter: owns the probes, keeps the workers alive, runs the loop.
 
-Like gunicorn's arbiter it never parses traffic. Its loop waits 10-40 ms for
+Like gunicorn's arbiter it never parses traffic. Its loop waits 10-150 ms for
 the ring buffer (paced by the traffic, ``drain_wait``), lets the router drain
 it and hand the batches to the workers, then does the periodic work: reap, stop and replace workers, the
 memory guard, kernel table clean-up, stats, heartbeats, the health snapshot
@@ -54,24 +54,34 @@ from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 # The drain's wait, paced by the traffic: long enough for the ring to gather
 # about DRAIN_BATCH_BYTES at the rate of the last wait, between these bounds.
 # Each wake-up costs the collector's processes (the loop, a sender thread and
-# a worker per batch) a fixed part with cold caches: at 2k pairs/s a 10 ms
-# pace cost ~85 us of collector CPU per pair, 40 ms ~55 (docs/BENCHMARKS.md).
-# Heavy traffic still drains every DRAIN_INTERVAL_MS; an empty ring waits the
-# longest. 40 ms of a burst still fits the ring (64 MB holds 1.6 GB/s for that
-# long) and an exec wakes the loop by itself.
+# a worker per batch) a part with cold caches: at 2k pairs/s a 10 ms pace cost
+# ~85 us of collector CPU per pair, 40 ms ~57, 150 ms ~39 (docs/BENCHMARKS.md).
+# Heavy traffic still drains every DRAIN_INTERVAL_MS; an empty ring or a
+# trickle waits the longest, which is as long as the ring holds a burst of
+# ~430 MB/s (150 ms with the default 64 MiB ring; a smaller ring waits
+# proportionally less, down to 40 ms), and an exec wakes the loop by itself.
 DRAIN_INTERVAL_MS = 10
-IDLE_DRAIN_INTERVAL_MS = 40
-DRAIN_BATCH_BYTES = 256 << 10
+IDLE_DRAIN_INTERVAL_MS = 150
+IDLE_DRAIN_FLOOR_MS = 40
+IDLE_DRAIN_RING_BYTES = 64 << 20  # the ring that waits IDLE_DRAIN_INTERVAL_MS
+DRAIN_BATCH_BYTES = 1 << 20
+
+
+def longest_wait(ring_size: int) -> int:
+    """The wait of an empty ring or a trickle, in ms: what a burst of the
+    rate above takes to fill a ring of ``ring_size`` bytes."""
+    return max(IDLE_DRAIN_FLOOR_MS, min(IDLE_DRAIN_INTERVAL_MS, IDLE_DRAIN_INTERVAL_MS * ring_size // IDLE_DRAIN_RING_BYTES))
 
 
 def drain_wait(pending: int, elapsed: float, ring_size: int) -> int:
     """The next wait in ms, after a drain that found ``pending`` bytes gathered
     in ``elapsed`` seconds: the time the ring takes to gather a batch at that
     rate (never more than an eighth of the ring), within the bounds above."""
+    longest = longest_wait(ring_size)
     if pending <= 0:
-        return IDLE_DRAIN_INTERVAL_MS
+        return longest
     ms = 1000.0 * elapsed * min(DRAIN_BATCH_BYTES, ring_size >> 3) / pending
-    return DRAIN_INTERVAL_MS if ms <= DRAIN_INTERVAL_MS else min(int(ms), IDLE_DRAIN_INTERVAL_MS)
+    return DRAIN_INTERVAL_MS if ms <= DRAIN_INTERVAL_MS else min(int(ms), longest)
 
 
 HOUSEKEEPING_SECONDS = 1.0

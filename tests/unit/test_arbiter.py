@@ -230,6 +230,14 @@ def test_the_drain_waits_for_a_batch_at_the_rate_just_seen_within_its_bounds():
     assert wait(32 << 10, 0.005, 1 << 20) == 20 and wait(32 << 10, 0.005, ring) == hi
 
 
+def test_a_smaller_ring_waits_less_so_that_a_burst_during_the_wait_still_fits():
+    longest, hi, floor = arbiter_mod.longest_wait, arbiter_mod.IDLE_DRAIN_INTERVAL_MS, arbiter_mod.IDLE_DRAIN_FLOOR_MS
+    assert longest(64 << 20) == hi and longest(1 << 30) == hi  # the default ring, and larger: the longest
+    assert longest(32 << 20) == hi // 2  # half the ring holds the same burst for half as long
+    assert longest(1 << 20) == floor  # never quicker than the floor
+    assert arbiter_mod.drain_wait(0, 0.01, 16 << 20) == floor  # an empty small ring
+
+
 def test_the_time_a_restart_captured_nothing_is_counted_by_the_next_image():
     a = make()
     a.request_restart("memory", {"PATH": "/bin"})
