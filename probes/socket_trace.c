@@ -44,6 +44,8 @@ struct open_args_t {
     u8 role;
 };
 BPF_TABLE("lru_hash", u32, struct open_args_t, open_args, 16384);
+/* Processes whose first connection has woken the supervisor (open_exit). */
+BPF_TABLE("lru_hash", u32, u8, announced, 16384);
 
 struct user_msghdr_min {
     void *msg_name;
@@ -423,7 +425,18 @@ static __always_inline int open_exit(long ret) {
     } else if (sa.sin6_family == AF_INET6) {
         __builtin_memcpy(e->a.daddr, &sa.sin6_addr, 16);
     }
-    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    /* A process's first connection wakes the supervisor, which looks the
+     * process up (its pod, from /proc) on this record: drained at the paced
+     * wait (up to 150 ms), a short-lived client (a job, an exec probe's
+     * curl) would be gone by then. Forced: a plain wake-up is sent only
+     * when the ring was empty. One per process, not per connection. */
+    u64 wake = BPF_RB_NO_WAKEUP;
+    if (!announced.lookup(&tgid)) {
+        u8 one = 1;
+        announced.update(&tgid, &one);
+        wake = BPF_RB_FORCE_WAKEUP;
+    }
+    events.ringbuf_submit(e, wake);
     return 0;
 }
 
@@ -467,7 +480,9 @@ TRACEPOINT(sched, sched_process_exec) {
     e->ts = bpf_ktime_get_ns();
     e->tgid = args->pid;
     e->kind = KIND_EXEC;
-    /* Wake the reader: an exec is rare and the scanner should see it soon. */
+    /* Wake the reader when the ring was empty (a plain wake-up): the scanner
+     * should see an exec soon, and under traffic a drain comes soon anyway.
+     * Not forced: a node may exec thousands of processes a second. */
     events.ringbuf_submit(e, 0);
     return 0;
 }
@@ -493,6 +508,7 @@ TRACEPOINT(sched, sched_process_exit) {
      * them, at the next clean-up of the table). */
     tls_pids.delete(&tgid);
     go_procs.delete(&tgid);
+    announced.delete(&tgid);
     if (ignored(tgid)) {
         ignore_tgid.delete(&tgid);
         return 0;

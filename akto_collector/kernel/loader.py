@@ -153,7 +153,8 @@ class Probes:
         return self.ring.drain(out)
 
     def wait(self, timeout_ms: int) -> None:
-        """Sleep until a record that asked for a wake-up arrives (exec), or timeout."""
+        """Sleep until a record that asked for a wake-up arrives (a process's first
+        connection; an exec into an empty ring), or timeout."""
         self.ring.wait(timeout_ms / 1000)
 
     def counters(self) -> dict[str, int]:

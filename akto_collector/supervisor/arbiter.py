@@ -59,7 +59,9 @@ from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 # Heavy traffic still drains every DRAIN_INTERVAL_MS; an empty ring or a
 # trickle waits the longest, which is as long as the ring holds a burst of
 # ~430 MB/s (150 ms with the default 64 MiB ring; a smaller ring waits
-# proportionally less, down to 40 ms), and an exec wakes the loop by itself.
+# proportionally less, down to 40 ms). A process's first connection wakes the
+# loop (so it is looked up alive: socket_trace.c open_exit), as does an exec
+# into an empty ring.
 DRAIN_INTERVAL_MS = 10
 IDLE_DRAIN_INTERVAL_MS = 150
 IDLE_DRAIN_FLOOR_MS = 40

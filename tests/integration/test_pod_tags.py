@@ -148,6 +148,21 @@ def test_a_pod_process_alive_at_start_is_tagged_from_proc(collector, shop):
     assert log["in_pods"] >= 1
 
 
+def test_a_short_lived_client_in_a_pod_is_looked_up_before_it_exits(collector, shop):
+    # curl in the pod's cgroup lives a few ms, far less than the drain's paced wait on a quiet node:
+    # its first connection wakes the supervisor, which looks it up while it is alive.
+    for i in range(3):
+        client = [*shop.net, "sh", "-c", f"echo $$ > {shop.cgroup}/cgroup.procs && "
+                  f"exec curl -s -m 10 http://127.0.0.1:{shop.port}/tags/short?n={i}"]
+        assert run(client).returncode == 0
+        got = collector.wait_pairs(lambda p, i=i: p["path"] == f"/tags/short?n={i}" and p["direction"] == "2",
+                                   timeout=30)
+        assert got and got[0]["process_name"] == "curl"
+        tag = json.loads(got[0]["tag"])
+        assert (tag.get("pod_uid"), tag.get("container_id")) == (SHOP_UID, SHOP_API), tag
+        time.sleep(0.5)  # a quiet node: the next client meets a waiting, empty ring
+
+
 def test_a_pod_on_the_host_network_started_later_is_tagged_without_the_node_name(collector, tmp_path):
     pod = exporter(tmp_path)
     try:
