@@ -66,9 +66,11 @@ _new_tuple = tuple.__new__
 # data is emitted at the return of (*Conn).Write, and another goroutine may
 # close the socket (on another CPU) in between. A closed connection is
 # finished this long after its close record, so that such data still lands
-# (the kernel counts it: kernel.go_tls.data_after_close). What a close
-# completes waits as long; complete pairs never wait.
-CLOSE_GRACE = 0.25
+# (the kernel counts it: kernel.go_tls.data_after_close): longer than the
+# drain's longest wait (arbiter.IDLE_DRAIN_INTERVAL_MS, 150 ms), which may
+# fall between the two. What a close completes waits as long; complete pairs
+# never wait.
+CLOSE_GRACE = 0.5
 # A test hook: worker 0 stops reporting this many seconds after it started
 # (as a stuck worker would). Not a setting: no AKTO_ prefix, never documented.
 STALL_HOOK = "_AKTO_TEST_WORKER_STALL"

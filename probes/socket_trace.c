@@ -44,8 +44,15 @@ struct open_args_t {
     u8 role;
 };
 BPF_TABLE("lru_hash", u32, struct open_args_t, open_args, 16384);
-/* Processes whose first connection has woken the supervisor (open_exit). */
+/* Processes whose first connection has been announced to the supervisor
+ * (open_exit), and when it was last woken for one: at most once per
+ * WAKE_GAP_NS node-wide (a node may start thousands of processes a second,
+ * and every name lookup connects a UDP socket); the supervisor drains again
+ * soon after a wake-up (arbiter.WOKEN_FOLLOW_MS), which covers those it was
+ * not woken for. */
 BPF_TABLE("lru_hash", u32, u8, announced, 16384);
+BPF_ARRAY(woken_at, u64, 1);
+#define WAKE_GAP_NS 2000000
 
 struct user_msghdr_min {
     void *msg_name;
@@ -433,8 +440,14 @@ static __always_inline int open_exit(long ret) {
     u64 wake = BPF_RB_NO_WAKEUP;
     if (!announced.lookup(&tgid)) {
         u8 one = 1;
+        u32 zero = 0;
         announced.update(&tgid, &one);
-        wake = BPF_RB_FORCE_WAKEUP;
+        u64 *at = woken_at.lookup(&zero);
+        u64 now = bpf_ktime_get_ns();
+        if (at && now - *at >= WAKE_GAP_NS) {
+            *at = now;
+            wake = BPF_RB_FORCE_WAKEUP;
+        }
     }
     events.ringbuf_submit(e, wake);
     return 0;

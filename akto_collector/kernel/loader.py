@@ -152,10 +152,10 @@ class Probes:
         """Append every record waiting in the ring buffer (raw bytes) to ``out``."""
         return self.ring.drain(out)
 
-    def wait(self, timeout_ms: int) -> None:
+    def wait(self, timeout_ms: int) -> bool:
         """Sleep until a record that asked for a wake-up arrives (a process's first
-        connection; an exec into an empty ring), or timeout."""
-        self.ring.wait(timeout_ms / 1000)
+        connection; an exec into an empty ring), or timeout; whether one did."""
+        return self.ring.wait(timeout_ms / 1000)
 
     def counters(self) -> dict[str, int]:
         out = {}

@@ -76,15 +76,19 @@ class RingReader:
         self._u32 = data.cast("I")
         self._u16 = data.cast("H")
         self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
+        # Edge-triggered: a wake-up ends one wait. Level-triggered, epoll
+        # would ask the ring again at every later wait and return at once
+        # while any record is unread, which under traffic is nearly always:
+        # the paced wait would not be kept until a wait found the ring empty.
+        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         """Sleep until the kernel signals data (only records submitted with a
-        wake-up do), or ``timeout`` seconds."""
+        wake-up do), or ``timeout`` seconds; whether it signalled."""
         try:
-            self._epoll.poll(timeout)
+            return bool(self._epoll.poll(timeout))
         except InterruptedError:  # a signal: the caller looks at its queue
-            pass
+            return False
 
     def pending_bytes(self) -> int:
         return self._prod[0] - self._cons[0]

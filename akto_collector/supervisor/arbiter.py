@@ -61,12 +61,15 @@ from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 # ~430 MB/s (150 ms with the default 64 MiB ring; a smaller ring waits
 # proportionally less, down to 40 ms). A process's first connection wakes the
 # loop (so it is looked up alive: socket_trace.c open_exit), as does an exec
-# into an empty ring.
+# into an empty ring; the kernel wakes it at most every 2 ms for the former,
+# so after a wake-up the next wait is WOKEN_FOLLOW_MS at most, which drains
+# the processes that connected first meanwhile.
 DRAIN_INTERVAL_MS = 10
 IDLE_DRAIN_INTERVAL_MS = 150
 IDLE_DRAIN_FLOOR_MS = 40
 IDLE_DRAIN_RING_BYTES = 64 << 20  # the ring that waits IDLE_DRAIN_INTERVAL_MS
 DRAIN_BATCH_BYTES = 1 << 20
+WOKEN_FOLLOW_MS = 3
 
 
 def longest_wait(ring_size: int) -> int:
@@ -279,10 +282,12 @@ class Arbiter:
         interval = DRAIN_INTERVAL_MS
         drained = now  # when the last drain began: what the next one finds pending gathered since
         while not self.stopping:
-            probes.wait(interval)
+            woken = probes.wait(interval)
             began = time.monotonic()
             router.drain(probes)
             interval = drain_wait(router.pending, began - drained, ring_size)
+            if woken and interval > WOKEN_FOLLOW_MS:
+                interval = WOKEN_FOLLOW_MS
             drained = began
             self.steer_shedding()
             router.flush(self.workers)
