@@ -56,3 +56,16 @@ def pytest_report_header(config):
     from akto_collector.compiled import summary
 
     return f"akto_collector core: {summary()}"
+
+
+@pytest.fixture(autouse=True)
+def _bcc_headers_unchanged():
+    """A test whose code points bcc at headers in this process (BCC_KERNEL_SOURCE,
+    kernel/headers.use_kernel_headers) must not leave it set: every collector
+    a later test starts would inherit the test's tree and fail to compile."""
+    before = os.environ.get("BCC_KERNEL_SOURCE")
+    yield
+    if before is None:
+        os.environ.pop("BCC_KERNEL_SOURCE", None)
+    else:
+        os.environ["BCC_KERNEL_SOURCE"] = before
