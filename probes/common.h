@@ -7,7 +7,7 @@
  *
  * Defines set by akto_collector/kernel/loader.py: MAX_CONN, CAPTURE_PLAIN,
  * CAPTURE_TLS, DISABLE_EGRESS, FILTER_TLS_PIDS, RINGBUF_PAGES, COLLECTOR_TGID,
- * COPY_LIMIT, GO_DEFAULT_* (tlslibs.GO_DEFAULT_FD_LAYOUT).
+ * COPY_LIMIT, WAKE_GAP_NS, GO_DEFAULT_* (tlslibs.GO_DEFAULT_FD_LAYOUT).
  */
 #include <uapi/linux/ptrace.h>
 #include <asm/ptrace.h>

@@ -46,13 +46,12 @@ struct open_args_t {
 BPF_TABLE("lru_hash", u32, struct open_args_t, open_args, 16384);
 /* Processes whose first connection has been announced to the supervisor
  * (open_exit), and when it was last woken for one: at most once per
- * WAKE_GAP_NS node-wide (a node may start thousands of processes a second,
+ * WAKE_GAP_NS (set by the loader: records.WAKE_GAP_MS) node-wide (a node may start thousands of processes a second,
  * and every name lookup connects a UDP socket); the supervisor drains again
  * soon after a wake-up (arbiter.WOKEN_FOLLOW_MS), which covers those it was
  * not woken for. */
 BPF_TABLE("lru_hash", u32, u8, announced, 16384);
 BPF_ARRAY(woken_at, u64, 1);
-#define WAKE_GAP_NS 2000000
 
 struct user_msghdr_min {
     void *msg_name;

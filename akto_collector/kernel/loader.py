@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from akto_collector.kernel.errors import ProbeError
-from akto_collector.kernel.records import HDR_SIZE, KERNEL_COUNTERS, LEN_OFFSET
+from akto_collector.kernel.records import HDR_SIZE, KERNEL_COUNTERS, LEN_OFFSET, WAKE_GAP_MS
 from akto_collector.kernel.ringbuf import RingReader
 from akto_collector.tlslibs import GO_DEFAULT_FD_LAYOUT, KINDS
 
@@ -94,6 +94,7 @@ def cflags(opts: ProbeOptions) -> list[str]:
         f"-DRINGBUF_PAGES={opts.ringbuf_pages}",
         f"-DCOLLECTOR_TGID={opts.collector_tgid}",
         f"-DCOPY_LIMIT={opts.copy_limit}",
+        f"-DWAKE_GAP_NS={WAKE_GAP_MS * 1_000_000}",
         *(f"-DGO_DEFAULT_{name.upper()}={value}" for name, value in GO_DEFAULT_FD_LAYOUT._asdict().items()),
         "-Wno-unused-function",
         *opts.includes,

@@ -22,6 +22,11 @@ TGID = slice(TGID_AT, FD_AT)
 
 KIND_DATA, KIND_OPEN, KIND_ADDR, KIND_CLOSE, KIND_EXEC, KIND_EXIT = 1, 2, 3, 4, 5, 6
 
+# The kernel wakes the reader for a process's first connection at most this
+# often, node-wide (socket_trace.c open_exit, as WAKE_GAP_NS); the supervisor
+# drains again within it after a wake-up (arbiter.WOKEN_FOLLOW_MS).
+WAKE_GAP_MS = 2
+
 # Payload of OPEN and ADDR records: struct addr_info, then the task's comm.
 # family, sport (own), dport (peer), pad, saddr (own), daddr (peer), comm
 ADDR = struct.Struct("<HHHH16s16s16s")

@@ -31,6 +31,7 @@ from akto_collector.allocator import release_freed_memory, tune_allocator
 from akto_collector.config import ConfigError, Settings, with_env_file
 from akto_collector.kernel import headers
 from akto_collector.kernel.errors import ProbeError
+from akto_collector.kernel.records import WAKE_GAP_MS
 from akto_collector.supervisor import stats
 from akto_collector.supervisor.health import Health, HealthServer
 from akto_collector.supervisor.memory import (
@@ -61,15 +62,15 @@ from akto_collector.supervisor.workers import QUEUE_BATCHES, WorkerHandle
 # ~430 MB/s (150 ms with the default 64 MiB ring; a smaller ring waits
 # proportionally less, down to 40 ms). A process's first connection wakes the
 # loop (so it is looked up alive: socket_trace.c open_exit), as does an exec
-# into an empty ring; the kernel wakes it at most every 2 ms for the former,
-# so after a wake-up the next wait is WOKEN_FOLLOW_MS at most, which drains
+# into an empty ring; the kernel wakes it at most every WAKE_GAP_MS for the
+# former, so after a wake-up the next wait is WOKEN_FOLLOW_MS at most, which drains
 # the processes that connected first meanwhile.
 DRAIN_INTERVAL_MS = 10
 IDLE_DRAIN_INTERVAL_MS = 150
 IDLE_DRAIN_FLOOR_MS = 40
 IDLE_DRAIN_RING_BYTES = 64 << 20  # the ring that waits IDLE_DRAIN_INTERVAL_MS
 DRAIN_BATCH_BYTES = 1 << 20
-WOKEN_FOLLOW_MS = 3
+WOKEN_FOLLOW_MS = WAKE_GAP_MS + 1
 
 
 def longest_wait(ring_size: int) -> int:
