@@ -164,8 +164,11 @@ def test_tiny_buffer_drops_oldest_and_counts(start_collector, app):
     with TansuBroker(port=port) as b:
         got = pairs(b, "/b/", expect=n - dropped, timeout=60)
         paths = sorted(v["path"] for _, v in got)
-        final = c.stats()
-        dropped = final.get("sink.dropped.buffer_full", dropped)
+        # The stats line comes once a second: wait for one that has counted every drop (the last
+        # request's may have been made after the line read above).
+        rec = c.wait_log("stats", timeout=10, pred=lambda r: len(paths) + r["counters"].get(
+            "sink.dropped.buffer_full", 0) >= n)
+        dropped = rec["counters"].get("sink.dropped.buffer_full", dropped)
         assert len(paths) + dropped == n, (paths, dropped)
         # the oldest went first
         assert paths == sorted(f"/b/{i}" for i in range(dropped, n))
